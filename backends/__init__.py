@@ -1,0 +1,1 @@
+"""fsnn.backends: the Backend protocol and its engines (torch, nest, spinnaker)."""

@@ -1,0 +1,142 @@
+"""The ``fsnn`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from fsnn.platform.config import Config, ConfigError, load_config
+
+COMMANDS = ("train", "tune", "deploy", "pipeline", "export", "data")
+
+
+class CLIError(Exception):
+    """A user-facing failure: printed as one line, exit code 2."""
+
+
+def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
+    def run(_: argparse.Namespace) -> int:
+        print(f"fsnn {name}: not built yet ({issue}); nothing was run.", file=sys.stderr)
+        return 3
+    return run
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from fsnn.platform.data import DataError, fetch_dataset
+
+    try:
+        path = fetch_dataset(args.name, args.dir)
+    except DataError as exc:
+        raise CLIError(str(exc)) from None
+    print(path)
+    return 0
+
+
+def _add_common_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set optim.lr=0.1 (repeatable)")
+    p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--address", default=None,
+                   help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
+                        "(default: start a local Ray)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                        "sqlite:///mlflow.db)")
+    p.add_argument("--storage", default=None,
+                   help="checkpoint storage: a shared path or URI (default: ./runs)")
+
+
+def _load(args: argparse.Namespace) -> Config:
+    overrides = list(args.set)
+    if args.num_workers is not None:
+        overrides.append(f"train.num_workers={args.num_workers}")
+    if args.gpu:
+        overrides.append("train.use_gpu=true")
+    try:
+        return load_config(args.config, overrides)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    from fsnn.pipelines.raycluster import RayConnectError
+    from fsnn.pipelines.tracking import TrackingError
+    from fsnn.pipelines.train import TrainOptions, run_train
+    from fsnn.platform.checkpoint import CheckpointError
+    from fsnn.platform.data import DataError
+
+    opts = TrainOptions(address=args.address, tracking_uri=args.tracking_uri,
+                        storage=args.storage, resume=args.resume, config_path=args.config)
+    try:
+        out = run_train(cfg, opts)
+    except (RayConnectError, TrackingError, CheckpointError, DataError, RuntimeError) as exc:
+        raise CLIError(str(exc)) from None
+    m = out.metrics
+    print(f"[fsnn] run {out.run_id}: test accuracy {m.get('test_accuracy', float('nan')):.4f} "
+          f"after {m.get('epoch', '?')} epochs")
+    print(f"[fsnn] checkpoint: {out.checkpoint}")
+    print(f"[fsnn] spec: runs:/{out.run_id}/spec   "
+          f"MLflow UI: mlflow ui --backend-store-uri {out.tracking_uri}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fsnn",
+        description="Feedback spiking neural networks: train with implicit differentiation "
+                    "(Ray Train), search (Ray Tune), deploy to NEST/SpiNNaker (PyNN), track "
+                    "in MLflow.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="train a model with Ray Train (IDE by default)")
+    _add_common_train(p)
+    p.add_argument("--resume", default=None, metavar="PATH|RUN_ID",
+                   help="continue from a checkpoint directory or an MLflow run's last checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("tune", help="Ray Tune search over T, V_th, leak, learning rate, ...")
+    _add_common_train(p)
+    p.set_defaults(func=_not_built("tune", "the Ray Tune issue"))
+
+    p = sub.add_parser("deploy", help="evaluate a trained spec on a backend (torch, nest, ...)")
+    p.add_argument("source", help="MLflow run id or spec directory")
+    p.add_argument("--backend", default="torch", help="torch | nest | spinnaker")
+    p.set_defaults(func=_not_built("deploy", "the backends issue"))
+
+    p = sub.add_parser("pipeline", help="train, export, deploy to every backend, compare")
+    _add_common_train(p)
+    p.set_defaults(func=_not_built("pipeline", "the main-job issue"))
+
+    p = sub.add_parser("export", help="export a trained model (spec or NIR)")
+    p.add_argument("source", help="MLflow run id or spec directory")
+    p.add_argument("--format", default="nir", choices=["nir"])
+    p.set_defaults(func=_not_built("export", "the SpiNNaker/NIR issue"))
+
+    p = sub.add_parser("data", help="fetch data sets into the cache")
+    dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    f = dsub.add_parser("fetch", help="fetch and verify a data set (mnist, fashion-mnist, ...)")
+    f.add_argument("name", help="mnist | fashion-mnist | cifar10 | cifar100")
+    f.add_argument("--dir", default=None, help="cache directory (default: $FSNN_DATA or "
+                                               "~/.cache/fsnn/data)")
+    f.set_defaults(func=_cmd_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CLIError as exc:
+        print(f"fsnn {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fsnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Plots logged to MLflow: training curves and firing-rate convergence over time steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fsnn.platform.engine import simulate
+from fsnn.platform.spec import Network
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: list[dict[str, float]], out: Path) -> Path:
+    plt = _pyplot()
+    epochs = [int(h["epoch"]) + 1 for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.plot(epochs, [h["train_loss"] for h in history], label="train")
+    a.plot(epochs, [h["test_loss"] for h in history], label="test")
+    a.set_xlabel("epoch")
+    a.set_ylabel("loss")
+    a.legend()
+    b.plot(epochs, [h["train_accuracy"] for h in history], label="train")
+    b.plot(epochs, [h["test_accuracy"] for h in history], label="test")
+    b.set_xlabel("epoch")
+    b.set_ylabel("accuracy")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+@torch.no_grad()
+def plot_rate_convergence(net: Network, x: torch.Tensor, out: Path) -> Path:
+    """Average firing rate up to step t, per population, against t (the equilibrium forming)."""
+    plt = _pyplot()
+    res = simulate(net, x, record_trains=True)
+    assert res.trains is not None
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, train in res.trains.items():
+        per_t = train.flatten(1).mean(1)  # mean over batch and neurons at each step
+        running = per_t.cumsum(0) / torch.arange(1, len(per_t) + 1)
+        ax.plot(range(1, len(per_t) + 1), running.numpy(), label=name)
+    ax.set_xlabel("time step t")
+    ax.set_ylabel("average rate up to t")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,66 @@
+"""Starting or joining Ray, with clear errors before any training starts."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+
+class RayConnectError(RuntimeError):
+    """Ray cannot be started or reached, or lacks the resources asked for."""
+
+
+def _probe(host: str, port: int, timeout: float) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as exc:
+        raise RayConnectError(f"Ray cluster at {host}:{port} is unreachable ({exc}); check the "
+                              f"address (the head's `ray start --head --port` value) or omit "
+                              f"--address to start a local Ray") from None
+
+
+def connect(address: str | None, *, num_cpus: int | None = None, timeout: float = 5.0,
+            runtime_env: dict[str, Any] | None = None) -> None:
+    """Start a local Ray (``address`` None) or join a cluster (``auto``, ``host:port``,
+    ``ray://host:port``), probing the address first so a wrong one fails in seconds."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
+                              "runtime_env": runtime_env}
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address is None:
+        try:
+            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+        except Exception as exc:
+            raise RayConnectError(f"could not start a local Ray: {exc}") from None
+        return
+    if address != "auto":
+        hostport = address.removeprefix("ray://")
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit():
+            raise RayConnectError(f"--address {address!r}: expected auto, HOST:PORT or "
+                                  f"ray://HOST:PORT")
+        _probe(host, int(port), timeout)
+    try:
+        ray.init(address=address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise RayConnectError(f"could not join the Ray cluster at {address!r}: {exc}") from None
+
+
+def check_resources(num_workers: int, cpus_per_worker: float, use_gpu: bool) -> None:
+    import ray
+
+    res = ray.cluster_resources()
+    cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
+    if num_workers * cpus_per_worker > cpus:
+        raise RayConnectError(f"{num_workers} workers x {cpus_per_worker:g} CPU need "
+                              f"{num_workers * cpus_per_worker:g} CPUs; the Ray cluster has "
+                              f"{cpus:g}. Use --num-workers {max(1, int(cpus // cpus_per_worker))}"
+                              f" or add nodes")
+    if use_gpu and num_workers > gpus:
+        raise RayConnectError(f"{num_workers} GPU workers need {num_workers} GPUs; the Ray "
+                              f"cluster has {gpus:g}. Drop --gpu or use fewer workers")

@@ -1,0 +1,152 @@
+"""The function each Ray Train worker runs: the single-process IDE trainer on its data shard.
+
+Rank 0 alone talks to MLflow (metrics per epoch, the final spec, plots); every rank reports to
+Ray Train, and rank 0 attaches a checkpoint every ``train.checkpoint_every`` epochs.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fsnn.platform.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+from fsnn.platform.config import config_from_dict
+from fsnn.platform.data import DATASETS, load_dataset, make_loader
+from fsnn.platform.spec import save_spec
+from fsnn.platform.trainer import (
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    model_from_config,
+    train_epoch,
+)
+
+
+def _all_reduce(values: list[float], world: int) -> list[float]:
+    if world == 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _gather(obj: Any, world: int) -> list[Any]:
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def train_loop(loop: dict[str, Any]) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    cfg = config_from_dict(loop["config"])
+    run_id: str = loop["run_id"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(loop.get("threads", 1))))
+    torch.manual_seed(cfg.train.seed)
+    device = ray.train.torch.get_device()
+    info = DATASETS[cfg.data.name]
+    root = Path(cfg.data.root) if cfg.data.root else None
+    xtr, ytr = load_dataset(cfg.data.name, "train", root, limit=cfg.data.train_limit,
+                            progress=False)
+    xte, yte = load_dataset(cfg.data.name, "test", root, limit=cfg.data.test_limit,
+                            progress=False)
+    per_worker = max(1, cfg.data.batch_size // world)
+    train_loader = make_loader(xtr, ytr, per_worker, shuffle=True, seed=cfg.train.seed,
+                               rank=rank, world_size=world, drop_last=world > 1)
+    test_loader = make_loader(xte, yte, cfg.data.test_batch_size, shuffle=False, seed=0,
+                              rank=rank, world_size=world)
+    model = model_from_config(cfg, num_classes=info.num_classes, labels=list(info.classes))
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer, len(train_loader))
+    start, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_checkpoint(d)
+        model.load_state_dict(state.model)
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        start, history = state.epoch, state.history
+    ddp = ray.train.torch.prepare_model(model)
+    c = None
+    if rank == 0:
+        from fsnn.pipelines.tracking import client, log_epoch
+
+        c = client(loop["tracking_uri"])
+        for row in history:  # epochs checkpointed before a restart but never logged
+            log_epoch(c, run_id, {k: v for k, v in row.items() if k != "epoch"},
+                      int(row["epoch"]))
+        nodes = _gather(ray.get_runtime_context().get_node_id(), world)
+        c.set_tag(run_id, "fsnn.worker_nodes", ",".join(nodes))
+        c.set_tag(run_id, "fsnn.resumed_from_epoch", str(start))
+    else:
+        _gather(ray.get_runtime_context().get_node_id(), world)
+    for epoch in range(start, cfg.train.epochs):
+        train_loader.set_epoch(epoch)
+        tr = train_epoch(ddp, train_loader, optimizer, scheduler, device, ide_model=model)
+        te = evaluate(model, test_loader, device)
+        sums = _all_reduce([tr.loss * tr.samples, tr.accuracy * tr.samples, tr.samples,
+                            te.loss * te.samples, te.accuracy * te.samples, te.samples,
+                            tr.seconds], world)
+        metrics: dict[str, float] = {
+            "train_loss": sums[0] / sums[2], "train_accuracy": sums[1] / sums[2],
+            "test_loss": sums[3] / max(sums[5], 1), "test_accuracy": sums[4] / max(sums[5], 1),
+            "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": tr.seconds,
+            "images_per_s": sums[2] / max(sums[6] / world, 1e-9),
+        }
+        metrics.update({f"rate_{k}": v for k, v in tr.rates.items()})
+        metrics.update(tr.adjoint)
+        history.append({"epoch": float(epoch), **metrics})
+        ckpt_obj = None
+        tmp = None
+        last = epoch + 1 == cfg.train.epochs
+        if rank == 0 and ((epoch + 1) % cfg.train.checkpoint_every == 0 or last):
+            tmp = tempfile.TemporaryDirectory()
+            save_checkpoint(TrainingState(epoch + 1, model.state_dict(), optimizer.state_dict(),
+                                          scheduler.state_dict(), run_id, loop["config"],
+                                          history), tmp.name)
+            ckpt_obj = ray.train.Checkpoint.from_directory(tmp.name)
+        ray.train.report({**metrics, "epoch": epoch + 1}, checkpoint=ckpt_obj)
+        if tmp is not None:
+            tmp.cleanup()
+        if rank == 0:
+            assert c is not None
+            log_epoch(c, run_id, metrics, epoch)
+            print(f"[fsnn] epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics['train_loss']:.4f}"
+                  f"  train {metrics['train_accuracy']:.4f}  test {metrics['test_accuracy']:.4f}"
+                  f"  {metrics['images_per_s']:.0f} img/s  adjoint iters "
+                  f"{metrics.get('adjoint_iterations', 0):.1f}", flush=True)
+    if rank == 0:
+        assert c is not None
+        _finish(c, run_id, model, cfg.data.name, history, xte[:64])
+
+
+def _finish(c: Any, run_id: str, model: Any, dataset: str, history: list[dict[str, float]],
+            sample: torch.Tensor) -> None:
+    from fsnn.pipelines.plots import plot_curves, plot_rate_convergence
+
+    model = model.cpu().eval()
+    with tempfile.TemporaryDirectory() as d:
+        spec_dir = Path(d) / "spec"
+        net = model.to_network(metadata={"mlflow_run_id": run_id, "dataset": dataset})
+        save_spec(net, spec_dir)
+        c.log_artifacts(run_id, str(spec_dir), "spec")
+        plots = Path(d) / "plots"
+        plots.mkdir()
+        plot_curves(history, plots / "curves.png")
+        plot_rate_convergence(net, sample, plots / "rate_convergence.png")
+        c.log_artifacts(run_id, str(plots), "plots")
+    c.set_tag(run_id, "fsnn.spec", "spec")

@@ -1,0 +1,208 @@
+"""The feedback SNN: populations on a ring, trained with IDE, exported as a spec.
+
+Population ``h0`` receives the input (through ``input_layer``) and the feedback projection from
+the last population; ``h0 -> h1 -> ... -> h{L-1}`` are feed-forward. The readout reads the last
+population's rates (the IDE paper's "last layer" form). A single-population net (F400, F64C5) is a
+ring of length one: ``h0 -> h0``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fsnn.platform.engine import Circuit, equilibrium_map, simulate_circuit
+from fsnn.platform.ide import AdjointConfig, AdjointLog, implicit_equilibrium
+from fsnn.platform.layers import ProjectionLayer
+from fsnn.platform.spec import (
+    INPUT,
+    InputEncoding,
+    InputKind,
+    Network,
+    Neuron,
+    Population,
+    Projection,
+    Readout,
+    SpecError,
+)
+
+
+def _pop(i: int) -> str:
+    return f"h{i}"
+
+
+def _ring_name(i: int, n: int) -> str:
+    return "fb" if i == n - 1 else f"ff{i}"
+
+
+class FeedbackSNN(nn.Module):
+    def __init__(self, *, input_kind: InputKind, input_shape: tuple[int, ...],
+                 input_layer: ProjectionLayer, ring: list[ProjectionLayer], neuron: Neuron,
+                 num_classes: int, T: int, timing: str = "ide",
+                 adjoint: AdjointConfig | None = None, labels: list[str] | None = None,
+                 name: str = "custom") -> None:
+        super().__init__()
+        if not ring:
+            raise SpecError("ring: a feedback SNN needs at least one ring projection")
+        neuron.validate("model")
+        self.input_kind: InputKind = input_kind
+        self.input_shape = tuple(input_shape)
+        self.input_layer = input_layer
+        self.ring = nn.ModuleList(ring)
+        self.neuron = neuron
+        self.T = T
+        self.timing = timing
+        self.adjoint = adjoint or AdjointConfig()
+        self.adjoint_log = AdjointLog()
+        self.labels = labels or [str(i) for i in range(num_classes)]
+        self.name = name
+        self.shapes = [input_layer.out_shape] + [layer.out_shape for layer in ring[:-1]]
+        if ring[-1].out_shape != self.shapes[0]:
+            raise SpecError(f"ring: the feedback projection produces {ring[-1].out_shape}, "
+                            f"population h0 has {self.shapes[0]}")
+        for i, layer in enumerate(ring):
+            if layer.in_shape != self.shapes[i]:
+                raise SpecError(f"ring[{i}]: expects input {layer.in_shape}, "
+                                f"population h{i} has {self.shapes[i]}")
+        readout_size = int(torch.Size(self.shapes[-1]).numel())
+        self.classifier = nn.Linear(readout_size, num_classes)
+        self.last_rates: dict[str, float] = {}
+
+    # -- structure ------------------------------------------------------------------------------
+    @property
+    def readout_population(self) -> str:
+        return _pop(len(self.shapes) - 1)
+
+    def populations(self) -> list[Population]:
+        return [Population(_pop(i), s, self.neuron) for i, s in enumerate(self.shapes)]
+
+    def _ring_ends(self, i: int) -> tuple[str, str]:
+        n = len(self.ring)
+        return _pop(i), _pop((i + 1) % n)
+
+    def circuit(self, input_current: torch.Tensor | None,
+                masks: dict[str, torch.Tensor]) -> Circuit:
+        """The circuit with live (differentiable) weights; biases go into constant currents."""
+        const: dict[str, torch.Tensor] = {}
+        projections: list[Projection] = []
+
+        def add(target: str, value: torch.Tensor) -> None:
+            const[target] = const[target] + value if target in const else value
+
+        if input_current is not None:
+            add(_pop(0), input_current)
+        else:
+            w, b = self.input_layer.folded()
+            projections.append(Projection("in", INPUT, _pop(0), self.input_layer.kind, w, None,
+                                          self.input_layer.stride, self.input_layer.padding,
+                                          self.input_layer.output_padding))
+            if b is not None:
+                add(_pop(0), self.input_layer._channel(b))
+        n = len(self.ring)
+        for i, layer in enumerate(self.ring):
+            src, dst = self._ring_ends(i)
+            w, b = layer.folded()
+            projections.append(Projection(_ring_name(i, n), src, dst, layer.kind, w, None,
+                                          layer.stride, layer.padding, layer.output_padding,
+                                          feedback=i == n - 1))
+            if b is not None:
+                add(dst, layer._channel(b))
+        return Circuit(self.populations(), projections, const, masks)
+
+    # -- forward --------------------------------------------------------------------------------
+    def _flatten(self, rates: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([rates[_pop(i)].flatten(1) for i in range(len(self.shapes))], dim=1)
+
+    def _unflatten(self, state: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, start = {}, 0
+        for i, shape in enumerate(self.shapes):
+            size = int(torch.Size(shape).numel())
+            out[_pop(i)] = state[:, start:start + size].view(state.shape[0], *shape)
+            start += size
+        return out
+
+    def prepare(self, x: torch.Tensor, T: int) -> tuple[Circuit, torch.Tensor | None,
+                                                        torch.Tensor | None]:
+        """Circuit (live weights, fresh dropout masks), spike input ``[T, B, ...]`` and the
+        input's mean rate for a batch."""
+        batch = x.shape[0]
+        for layer in [self.input_layer, *self.ring]:
+            layer.refresh()
+        masks: dict[str, torch.Tensor] = {}
+        n = len(self.ring)
+        for i, layer in enumerate(self.ring):
+            m = layer.sample_mask(batch, x.device)
+            if m is not None:
+                masks[_ring_name(i, n)] = m
+        m = self.input_layer.sample_mask(batch, x.device)
+        if self.input_kind == "analog":
+            current: torch.Tensor | None = self.input_layer.current(x)
+            if m is not None:
+                current = current * m
+            return self.circuit(current, masks), None, None
+        spikes = x.transpose(0, 1)
+        input_rate = spikes[:T].mean(0)
+        self.input_layer.update_bn(input_rate)
+        if m is not None:
+            masks["in"] = m
+        return self.circuit(None, masks), spikes, input_rate
+
+    def implicit(self, circuit: Circuit, rates: dict[str, torch.Tensor],
+                 input_rate: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Rates with the value of ``rates`` and IDE gradients through ``circuit``."""
+        frozen = _detached(circuit)
+
+        def live(s: torch.Tensor) -> torch.Tensor:
+            return self._flatten(equilibrium_map(circuit, self._unflatten(s), input_rate))
+
+        def fixed(s: torch.Tensor) -> torch.Tensor:
+            return self._flatten(equilibrium_map(frozen, self._unflatten(s), input_rate))
+
+        state = implicit_equilibrium(self._flatten(rates), live, fixed, self.adjoint,
+                                     self.adjoint_log)
+        return self._unflatten(state)
+
+    def forward(self, x: torch.Tensor, *, T: int | None = None) -> torch.Tensor:
+        """Class scores: ``x`` is ``[B, *input_shape]`` (analog) or ``[B, T, *shape]`` (spikes)."""
+        T = T or self.T
+        circuit, spikes, input_rate = self.prepare(x, T)
+        with torch.no_grad():
+            sim = simulate_circuit(_detached(circuit), T, batch=x.shape[0], timing=self.timing,
+                                   spike_input=spikes, dtype=x.dtype, device=x.device)
+        rates = sim.rates
+        self.last_rates = {k: float(v.mean()) for k, v in rates.items()}
+        if self.training and torch.is_grad_enabled():
+            for i, layer in enumerate(self.ring):
+                layer.update_bn(rates[_pop(i)])
+            rates = self.implicit(circuit, rates, input_rate)
+        return self.classifier(rates[self.readout_population].flatten(1))
+
+    # -- export ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def to_network(self, *, T: int | None = None, metadata: dict | None = None) -> Network:
+        """The spec of this model (eval semantics: batch norm folded with running statistics)."""
+        projections = [self.input_layer.export("in", INPUT, _pop(0), feedback=False)]
+        n = len(self.ring)
+        for i, layer in enumerate(self.ring):
+            src, dst = self._ring_ends(i)
+            projections.append(layer.export(_ring_name(i, n), src, dst, feedback=i == n - 1))
+        net = Network(
+            input=InputEncoding(self.input_kind, self.input_shape),
+            populations=self.populations(),
+            projections=projections,
+            readout=Readout(self.readout_population, self.classifier.weight.detach().clone(),
+                            self.classifier.bias.detach().clone()),
+            T=T or self.T,
+            labels=list(self.labels),
+            metadata={"model": self.name, "timing": self.timing, **(metadata or {})},
+        )
+        net.validate()
+        return net
+
+
+def _detached(c: Circuit) -> Circuit:
+    projections = [Projection(q.name, q.source, q.target, q.kind, q.weight.detach(),
+                              None if q.bias is None else q.bias.detach(), q.stride, q.padding,
+                              q.output_padding, q.delay, q.feedback) for q in c.projections]
+    return Circuit(c.populations, projections, {k: v.detach() for k, v in c.const.items()},
+                   c.masks)

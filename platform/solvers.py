@@ -1,0 +1,111 @@
+"""Root finders for the adjoint system of implicit differentiation.
+
+Both solve ``g = G(g)`` for a map ``G`` on a batch of vectors ``[B, N]`` and report the relative
+residual ``||G(g) - g|| / ||G(0)||`` and the number of iterations. They never raise on
+non-convergence: they return the best iterate and say so in :class:`SolveStats`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+SOLVERS = ("broyden", "fixed_point")
+
+
+@dataclass
+class SolveStats:
+    iterations: int
+    residual: float
+    converged: bool
+
+
+def _rel(res: torch.Tensor, scale: torch.Tensor) -> float:
+    return float(res.norm() / scale.clamp_min(1e-30))
+
+
+def fixed_point(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max_iter: int,
+                tol: float, damping: float = 1.0) -> tuple[torch.Tensor, SolveStats]:
+    """Plain (optionally damped) fixed-point iteration x <- (1-d) x + d G(x)."""
+    x = x0
+    scale = G(torch.zeros_like(x0)).norm()
+    best, best_res = x, float("inf")
+    for k in range(1, max_iter + 1):
+        gx = G(x)
+        res = _rel(gx - x, scale)
+        if res < best_res:
+            best, best_res = x, res
+        if res < tol:
+            return x, SolveStats(k, res, True)
+        x = x + damping * (gx - x)
+    res = _rel(G(x) - x, scale)
+    if res < best_res:
+        best, best_res = x, res
+    return best, SolveStats(max_iter, best_res, best_res < tol)
+
+
+def broyden(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max_iter: int,
+            tol: float) -> tuple[torch.Tensor, SolveStats]:
+    """Limited-memory "good" Broyden on F(x) = G(x) - x, one inverse-Jacobian estimate per sample.
+
+    The estimate is H = -I + sum_i u_i v_i^T (so the first step is a fixed-point step); after a
+    step s with change y in F it is updated so that H y = s, with the smallest change in H^T s
+    direction. Keeps the iterate with the lowest residual.
+    """
+    B = x0.shape[0]
+    x = x0.reshape(B, -1)
+    shape = x0.shape
+
+    def F(z: torch.Tensor) -> torch.Tensor:
+        return (G(z.view(shape)) - z.view(shape)).reshape(B, -1)
+
+    fx = F(x)
+    scale = (G(torch.zeros_like(x0))).norm()
+    us: list[torch.Tensor] = []
+    vs: list[torch.Tensor] = []
+
+    def H(z: torch.Tensor) -> torch.Tensor:  # H z
+        out = -z
+        for u, v in zip(us, vs, strict=True):
+            out = out + u * (v * z).sum(1, keepdim=True)
+        return out
+
+    def Ht(z: torch.Tensor) -> torch.Tensor:  # H^T z
+        out = -z
+        for u, v in zip(us, vs, strict=True):
+            out = out + v * (u * z).sum(1, keepdim=True)
+        return out
+
+    best, best_res = x, _rel(fx, scale)
+    if best_res < tol:
+        return x.view(shape), SolveStats(0, best_res, True)
+    for k in range(1, max_iter + 1):
+        step = -H(fx)
+        x_new = x + step
+        f_new = F(x_new)
+        res = _rel(f_new, scale)
+        if res < best_res:
+            best, best_res = x_new, res
+        if res < tol:
+            return x_new.view(shape), SolveStats(k, res, True)
+        y = f_new - fx
+        hy = H(y)
+        denom = (step * hy).sum(1, keepdim=True)
+        denom = torch.where(denom.abs() < 1e-30, torch.full_like(denom, 1e-30), denom)
+        u = (step - hy) / denom
+        v = Ht(step)
+        us.append(torch.nan_to_num(u))
+        vs.append(torch.nan_to_num(v))
+        x, fx = x_new, f_new
+    return best.view(shape), SolveStats(max_iter, best_res, best_res < tol)
+
+
+def solve(method: str, G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *,
+          max_iter: int, tol: float) -> tuple[torch.Tensor, SolveStats]:
+    if method == "broyden":
+        return broyden(G, x0, max_iter=max_iter, tol=tol)
+    if method == "fixed_point":
+        return fixed_point(G, x0, max_iter=max_iter, tol=tol)
+    raise ValueError(f"solver: unknown method {method!r}; known: {', '.join(SOLVERS)}")

@@ -1,0 +1,146 @@
+"""Single-process training and evaluation (no Ray). Each Ray Train worker runs these functions.
+
+The optimiser settings default to the IDE paper's (SGD, lr 0.05, momentum 0.9, weight decay 5e-4,
+x0.1 at epochs 30/60/90).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fsnn.platform.config import Config
+from fsnn.platform.ide import AdjointConfig
+from fsnn.platform.model import FeedbackSNN
+from fsnn.platform.spec import Neuron
+from fsnn.platform.zoo import build_model
+
+
+def neuron_from_config(cfg: Config) -> Neuron:
+    return Neuron(model=cfg.neuron, v_th=cfg.vth, leak=cfg.leak_value, reset=cfg.reset)
+
+
+def model_from_config(cfg: Config, *, num_classes: int, labels: list[str] | None = None,
+                      input_shape: tuple[int, ...] | None = None) -> FeedbackSNN:
+    return build_model(cfg.model, num_classes=num_classes, T=cfg.T,
+                       neuron=neuron_from_config(cfg), dropout=cfg.dropout,
+                       input_shape=input_shape, timing=cfg.timing,
+                       adjoint=AdjointConfig(cfg.method.solver, cfg.method.max_iter,
+                                             cfg.method.tol),
+                       labels=labels)
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-iteration schedule: linear warm-up, then step / cosine / constant by epoch."""
+    o = cfg.optim
+    total = cfg.train.epochs * steps_per_epoch
+
+    def factor(it: int) -> float:
+        warm = min(1.0, (it + 1) / o.warmup_iters) if o.warmup_iters else 1.0
+        epoch = it // max(1, steps_per_epoch)
+        if o.schedule == "step":
+            base = o.gamma ** sum(epoch >= m for m in o.milestones)
+        elif o.schedule == "cosine":
+            base = 0.5 * (1 + math.cos(math.pi * min(it, total) / max(1, total)))
+        else:
+            base = 1.0
+        return warm * base
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    samples: int
+    seconds: float
+    rates: dict[str, float]
+    adjoint: dict[str, float]
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        out = {f"{prefix}_loss": self.loss, f"{prefix}_accuracy": self.accuracy,
+               f"{prefix}_seconds": self.seconds,
+               f"{prefix}_images_per_s": self.samples / max(self.seconds, 1e-9)}
+        out.update({f"{prefix}_rate_{k}": v for k, v in self.rates.items()})
+        out.update(self.adjoint)
+        return out
+
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def train_epoch(model: FeedbackSNN, batches: Batches, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler | None, device: torch.device,
+                *, on_batch: Callable[[int, float], None] | None = None,
+                ide_model: FeedbackSNN | None = None) -> EpochStats:
+    """One pass over ``batches``. ``model`` may be a DDP wrapper; ``ide_model`` is the inner
+    FeedbackSNN whose adjoint statistics and rates are reported (defaults to ``model``)."""
+    inner = ide_model or model
+    model.train()
+    inner.adjoint_log.reset()
+    loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    rate_sum: dict[str, float] = {}
+    start = time.perf_counter()
+    for i, (x, y) in enumerate(batches):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += loss.detach() * y.shape[0]
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += y.shape[0]
+        for k, v in inner.last_rates.items():
+            rate_sum[k] = rate_sum.get(k, 0.0) + v * y.shape[0]
+        if on_batch is not None:
+            on_batch(i, float(loss.detach()))
+    seconds = time.perf_counter() - start
+    n = max(seen, 1)
+    return EpochStats(float(loss_sum) / n, float(correct) / n, seen, seconds,
+                      {k: v / n for k, v in rate_sum.items()}, inner.adjoint_log.summary())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Batches, device: torch.device) -> EpochStats:
+    inner = getattr(model, "module", model)
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    rate_sum: dict[str, float] = {}
+    start = time.perf_counter()
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        seen += y.shape[0]
+        for k, v in getattr(inner, "last_rates", {}).items():
+            rate_sum[k] = rate_sum.get(k, 0.0) + v * y.shape[0]
+    n = max(seen, 1)
+    return EpochStats(loss_sum / n, correct / n, seen, time.perf_counter() - start,
+                      {k: v / n for k, v in rate_sum.items()}, {})
+
+
+def pick_device(use_gpu: bool) -> torch.device:
+    if use_gpu and not torch.cuda.is_available():
+        raise RuntimeError("use_gpu is set but no CUDA device is visible; "
+                           "drop --gpu or run on a GPU machine")
+    return torch.device("cuda" if use_gpu else "cpu")

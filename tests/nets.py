@@ -1,0 +1,56 @@
+"""Small random networks shared by the tests (independent of the model zoo)."""
+
+from __future__ import annotations
+
+import torch
+
+from fsnn.platform.layers import ProjectionLayer
+from fsnn.platform.model import FeedbackSNN
+from fsnn.platform.spec import (
+    INPUT,
+    InputEncoding,
+    Network,
+    Neuron,
+    Population,
+    Projection,
+    Readout,
+)
+
+
+def dense_net(*, neuron: Neuron | None = None, T: int = 30, seed: int = 0,
+              scale: float = 0.6) -> Network:
+    """input(6) -> a(5) -> b(4), feedback b -> a and a -> a; both signs of weights."""
+    g = torch.Generator().manual_seed(seed)
+    n = neuron or Neuron("IF", v_th=1.0)
+
+    def w(o: int, i: int) -> torch.Tensor:
+        return (torch.rand(o, i, generator=g, dtype=torch.float64) * 2 - 1) * scale
+
+    pops = [Population("a", (5,), n), Population("b", (4,), n)]
+    projs = [
+        Projection("in", INPUT, "a", "dense", w(5, 6), torch.rand(5, generator=g,
+                                                                  dtype=torch.float64) * 0.2),
+        Projection("ab", "a", "b", "dense", w(4, 5) * 1.5, torch.full((4,), 0.05,
+                                                                      dtype=torch.float64)),
+        Projection("ba", "b", "a", "dense", w(5, 4), None, feedback=True),
+        Projection("aa", "a", "a", "dense", w(5, 5) * 0.5, None, feedback=True, delay=2),
+    ]
+    ro = Readout("b", w(3, 4), torch.zeros(3, dtype=torch.float64))
+    return Network(InputEncoding("analog", (6,)), pops, projs, ro, T, labels=["x", "y", "z"])
+
+
+def small_model(kind: str, *, neuron: Neuron | None = None, T: int = 30,
+                dropout: float = 0.0) -> FeedbackSNN:
+    """A tiny feedback SNN: dense (8 -> 12, feedback 12 -> 12) or conv (1x8x8 -> 3x4x4)."""
+    if kind == "dense":
+        inp = ProjectionLayer("dense", (8,), 12, bias=True, batch_norm=True, dropout=dropout)
+        fb = ProjectionLayer("dense", (12,), 12, bias=False, spectral_norm=1.0, dropout=dropout)
+        shape: tuple[int, ...] = (8,)
+    else:
+        inp = ProjectionLayer("conv", (1, 8, 8), 3, kernel=3, stride=2, padding=1, bias=True,
+                              batch_norm=True, dropout=dropout)
+        fb = ProjectionLayer("conv", (3, 4, 4), 3, kernel=3, padding=1, bias=False,
+                             spectral_norm=1.0, dropout=dropout)
+        shape = (1, 8, 8)
+    return FeedbackSNN(input_kind="analog", input_shape=shape, input_layer=inp, ring=[fb],
+                       neuron=neuron or Neuron("IF", v_th=1.0), num_classes=4, T=T)
