@@ -105,3 +105,9 @@ def log_epoch(c: Any, run_id: str, metrics: dict[str, float], step: int) -> bool
     now = int(time.time() * 1000)
     c.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
     return True
+
+
+def set_tags(c: Any, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])

@@ -129,7 +129,7 @@ def run_train(cfg: Config, opts: TrainOptions) -> TrainOutcome:
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": doc, "run_id": run_id, "tracking_uri": uri,
-                           "threads": cpus_per_worker},
+                           "threads": cpus_per_worker, "run_dir": run_dir},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cpus_per_worker}),

@@ -6,13 +6,19 @@ Ray Train, and rank 0 attaches a checkpoint every ``train.checkpoint_every`` epo
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fsnn.platform.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+from fsnn.platform.checkpoint import (
+    CheckpointError,
+    TrainingState,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fsnn.platform.config import config_from_dict
 from fsnn.platform.data import DATASETS, load_dataset, make_loader
 from fsnn.platform.spec import save_spec
@@ -45,6 +51,31 @@ def _gather(obj: Any, world: int) -> list[Any]:
     return out
 
 
+def latest_state(run_dir: str | None) -> TrainingState | None:
+    if not run_dir or "://" in run_dir or not Path(run_dir).is_dir():
+        return None
+    best: TrainingState | None = None
+    for d in Path(run_dir).glob("checkpoint_*"):
+        try:
+            state = load_checkpoint(d)
+        except CheckpointError:
+            continue
+        if best is None or state.epoch > best.epoch:
+            best = state
+    return best
+
+
+def _sync_buffers(model: torch.nn.Module, world: int) -> None:
+    """Every rank evaluates with rank 0's buffers (BN statistics, spectral-norm vectors): the
+    model that is checkpointed and exported."""
+    if world == 1:
+        return
+    import torch.distributed as dist
+
+    for b in model.buffers():
+        dist.broadcast(b.data, 0)
+
+
 def train_loop(loop: dict[str, Any]) -> None:
     import ray
     import ray.train
@@ -73,9 +104,15 @@ def train_loop(loop: dict[str, Any]) -> None:
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
     start, history = 0, []
     checkpoint = ray.train.get_checkpoint()
+    state = None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = load_checkpoint(d)
+    else:
+        # a restart can race the controller's bookkeeping of the last report: fall back to the
+        # newest complete checkpoint this run wrote to its storage
+        state = latest_state(loop.get("run_dir"))
+    if state is not None:
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
         scheduler.load_state_dict(state.scheduler)
@@ -83,20 +120,21 @@ def train_loop(loop: dict[str, Any]) -> None:
     ddp = ray.train.torch.prepare_model(model)
     c = None
     if rank == 0:
-        from fsnn.pipelines.tracking import client, log_epoch
+        from fsnn.pipelines.tracking import client, log_epoch, set_tags
 
         c = client(loop["tracking_uri"])
         for row in history:  # epochs checkpointed before a restart but never logged
             log_epoch(c, run_id, {k: v for k, v in row.items() if k != "epoch"},
                       int(row["epoch"]))
-        nodes = _gather(ray.get_runtime_context().get_node_id(), world)
-        c.set_tag(run_id, "fsnn.worker_nodes", ",".join(nodes))
-        c.set_tag(run_id, "fsnn.resumed_from_epoch", str(start))
-    else:
-        _gather(ray.get_runtime_context().get_node_id(), world)
+    where = _gather((ray.get_runtime_context().get_node_id(), os.getpid()), world)
+    if c is not None:
+        set_tags(c, run_id, {"fsnn.worker_nodes": ",".join(n for n, _ in where),
+                            "fsnn.worker_pids": ",".join(str(p) for _, p in where),
+                            "fsnn.resumed_from_epoch": str(start)})
     for epoch in range(start, cfg.train.epochs):
         train_loader.set_epoch(epoch)
         tr = train_epoch(ddp, train_loader, optimizer, scheduler, device, ide_model=model)
+        _sync_buffers(model, world)
         te = evaluate(model, test_loader, device)
         sums = _all_reduce([tr.loss * tr.samples, tr.accuracy * tr.samples, tr.samples,
                             te.loss * te.samples, te.accuracy * te.samples, te.samples,

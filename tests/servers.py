@@ -1,0 +1,86 @@
+"""Real services for integration tests: an MLflow tracking server and Ray nodes on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+# loopback-only test clusters: no token authentication (a real cluster shares RAY_AUTH_TOKEN)
+RAY_TEST_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def mlflow_server(root: Path) -> Iterator[str]:
+    port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    log = open(root / "server.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(uri + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("mlflow server did not start: "
+                                   + (root / "server.log").read_text()[-2000:])
+            time.sleep(0.5)
+        yield uri
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def ray_cmd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ray"), *args], capture_output=True, text=True,
+                          env={**os.environ, **RAY_TEST_ENV, **(env or {})},
+                          timeout=120)
+
+
+@contextmanager
+def two_ray_nodes(tmp: Path) -> Iterator[str]:
+    """A Ray head and a second Ray node on this machine, one CPU each."""
+    port = free_port()
+    # Ray's socket paths must stay under 107 bytes: a short directory, not pytest's tmp_path
+    temp = Path(tempfile.mkdtemp(prefix="fsnnray", dir="/tmp"))
+    address = f"127.0.0.1:{port}"
+    try:
+        head = ray_cmd("start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                       "--num-cpus", "1", "--include-dashboard", "false",
+                       "--temp-dir", str(temp), "--disable-usage-stats")
+        assert head.returncode == 0, head.stderr
+        worker = ray_cmd("start", "--address", address, "--node-ip-address", "127.0.0.1",
+                         "--num-cpus", "1")
+        assert worker.returncode == 0, worker.stderr
+        yield address
+    finally:
+        ray_cmd("stop", "--force")
+        shutil.rmtree(temp, ignore_errors=True)
