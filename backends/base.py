@@ -36,6 +36,10 @@ class BatchResult:
 class Backend(Protocol):
     name: str
 
+    def check(self, net: Network) -> None:
+        """Raise BackendError (naming the population) if the spec cannot be expressed; cheap,
+        needs no simulator, builds nothing."""
+
     def build(self, net: Network) -> None:
         """Check the spec can be expressed (else BackendError naming the population); build."""
 

@@ -21,16 +21,22 @@ class TorchBackend:
         self.timing = timing
         self.net: Network | None = None
 
+    def check(self, net: Network) -> None:
+        net.validate()
+
     def build(self, net: Network) -> None:
         net.validate()
-        self.net = _cast(net, self.dtype, self.device)
+        self.net = net.to(self.dtype, self.device)
 
     def run(self, x: torch.Tensor) -> BatchResult:
         if self.net is None:
             raise RuntimeError("build() a spec before run()")
         start = time.perf_counter()
         with torch.no_grad():
-            res = simulate(self.net, x.to(self.device, self.dtype), timing=self.timing)
+            x = x.to(self.device, self.dtype)
+            if self.net.input.kind == "spikes":  # protocol: [B, T, ...]; engine: [T, B, ...]
+                x = x.transpose(0, 1)
+            res = simulate(self.net, x, timing=self.timing)
             logits = readout(self.net, res.rates)
         wall = time.perf_counter() - start
         counts = {k: v.cpu() for k, v in res.counts.items()}
@@ -41,14 +47,3 @@ class TorchBackend:
 
     def close(self) -> None:
         self.net = None
-
-
-def _cast(net: Network, dtype: torch.dtype, device: torch.device) -> Network:
-    from dataclasses import replace
-
-    projections = [replace(q, weight=q.weight.to(device, dtype),
-                           bias=None if q.bias is None else q.bias.to(device, dtype))
-                   for q in net.projections]
-    ro = replace(net.readout, weight=net.readout.weight.to(device, dtype),
-                 bias=None if net.readout.bias is None else net.readout.bias.to(device, dtype))
-    return replace(net, projections=projections, readout=ro)

@@ -84,6 +84,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from fsnn.backends.base import BackendError
+    from fsnn.pipelines.deploy import DeployError, run_deploy
+    from fsnn.pipelines.raycluster import RayConnectError
+    from fsnn.pipelines.tracking import TrackingError
+    from fsnn.platform.data import DataError
+
+    if args.samples <= 0 or args.workers <= 0:
+        raise CLIError("--samples and --workers must be positive")
+    try:
+        rep = run_deploy(args.source, args.backend, samples=args.samples, workers=args.workers,
+                         tracking_uri=args.tracking_uri, address=args.address,
+                         dataset=args.data)
+    except (BackendError, DeployError, TrackingError, RayConnectError, DataError) as exc:
+        raise CLIError(str(exc)) from None
+    m = rep.metrics
+    print(f"[fsnn] {rep.backend}: accuracy {m['accuracy']:.4f} on {rep.samples} samples, "
+          f"{m['samples_per_s']:.1f} samples/s, {m['spikes_per_sample']:.0f} spikes and "
+          f"{m['synaptic_events_per_sample']:.0f} synaptic events per sample")
+    if "agreement_predictions" in m:
+        print(f"[fsnn] agreement with torch: predictions {m['agreement_predictions']:.4f}, "
+              f"spike counts {m['agreement_counts']:.4f} (torch accuracy "
+              f"{m['reference_accuracy']:.4f})")
+    if rep.run_id:
+        print(f"[fsnn] MLflow run {rep.run_id}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fsnn",
@@ -103,9 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_not_built("tune", "the Ray Tune issue"))
 
     p = sub.add_parser("deploy", help="evaluate a trained spec on a backend (torch, nest, ...)")
-    p.add_argument("source", help="MLflow run id or spec directory")
-    p.add_argument("--backend", default="torch", help="torch | nest | spinnaker")
-    p.set_defaults(func=_not_built("deploy", "the backends issue"))
+    p.add_argument("source", help="MLflow run id (of `fsnn train`) or spec directory")
+    p.add_argument("--backend", default="torch", help="torch | nest")
+    p.add_argument("--samples", type=int, default=500, help="test samples to evaluate")
+    p.add_argument("--workers", type=int, default=1,
+                   help="simulator instances (Ray actors) to shard the samples over")
+    p.add_argument("--data", default=None, help="data set (default: the one the spec names)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+    p.add_argument("--address", default=None, help="Ray cluster address (with --workers > 1)")
+    p.set_defaults(func=_cmd_deploy)
 
     p = sub.add_parser("pipeline", help="train, export, deploy to every backend, compare")
     _add_common_train(p)

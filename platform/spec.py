@@ -170,6 +170,17 @@ class Network:
     def validate(self) -> None:
         validate_network(self)
 
+    def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> Network:
+        """A copy with every tensor detached and cast (e.g. float64 for reference runs)."""
+        def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.detach().to(device, dtype)
+
+        projections = [replace(q, weight=cast(q.weight), bias=cast(q.bias))
+                       for q in self.projections]
+        r = self.readout
+        return replace(self, projections=projections,
+                       readout=replace(r, weight=cast(r.weight), bias=cast(r.bias)))
+
 
 def projection_output_shape(q: Projection, in_shape: tuple[int, ...]) -> tuple[int, ...]:
     """Shape a projection produces from an input of ``in_shape`` (no batch dimension)."""

@@ -9,9 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
-from servers import RAY_TEST_ENV, mlflow_server, two_ray_nodes
+from servers import RAY_TEST_ENV, two_ray_nodes
 
 from fsnn.platform.data import load_dataset
 from fsnn.platform.engine import readout, simulate
@@ -20,12 +19,6 @@ from fsnn.platform.spec import load_spec
 FSNN = [sys.executable, "-m", "fsnn.pipelines.cli"]
 SMALL = ["--set", "data.train_limit=1200", "--set", "data.test_limit=300",
          "--set", "data.batch_size=64", "--set", "T=4"]
-
-
-@pytest.fixture(scope="module")
-def tracking(tmp_path_factory: pytest.TempPathFactory):
-    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
-        yield uri
 
 
 def _train(tmp: Path, uri: str, *extra: str, timeout: int = 400,

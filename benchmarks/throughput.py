@@ -1,0 +1,141 @@
+"""Training and evaluation throughput (images/s) and peak memory of zoo models, random data.
+
+    python benchmarks/throughput.py [--models f64c5,alexnet_f] [--T 30,100] [--batch 128]
+
+Each configuration runs in a fresh subprocess. Peak memory: on CUDA the peak of torch's
+allocator over the training steps; on CPU (no allocator statistics) the bytes of tensors that
+autograd saves for the backward pass of one step — the part of training memory that would grow
+with T under backpropagation through time.
+The IDE paper's official code on an H100 (fp32, batch 128) is the anchor: MNIST F64C5 LIF T=30
+802 train img/s (579 MiB), 16,116 eval img/s; AlexNet-F LIF T=30 506 train img/s (1,396 MiB),
+2,711 eval img/s; AlexNet-F LIF T=100 333 train img/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import table, write_json
+
+ANCHOR = {("f64c5", 30): (802, 579, 16116), ("alexnet_f", 30): (506, 1396, 2711),
+          ("alexnet_f", 100): (333, 1396, 987)}
+SHAPES = {"f64c5": (1, 28, 28), "f400": (1, 28, 28), "alexnet_f": (3, 32, 32),
+          "cifarnet_f": (3, 32, 32)}
+
+
+def saved_graph_mib(step) -> float:
+    """MiB of distinct tensors autograd saves for backward during ``step()``."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(seen.values()) / 2**20
+
+
+def measure(model_name: str, T: int, batch: int, iters: int, device: str,
+            neuron: str) -> dict[str, float | str | int]:
+    import torch.nn.functional as F
+
+    from fsnn.platform.spec import Neuron
+    from fsnn.platform.zoo import build_model
+
+    dev = torch.device(device)
+    n = Neuron("LIF", v_th=2.0, leak=0.95 if model_name != "alexnet_f" else 0.99) \
+        if neuron == "LIF" else Neuron("IF", v_th=2.0)
+    model = build_model(model_name, T=T, neuron=n).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x = torch.randn(batch, *SHAPES[model_name], device=dev)
+    y = torch.randint(0, 10, (batch,), device=dev)
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    model.train()
+    step()  # warm-up
+    sync()
+    graph = saved_graph_mib(step)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    sync()
+    train_s = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else graph
+    model.eval()
+    with torch.no_grad():
+        model(x)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            model(x)
+        sync()
+        eval_s = time.perf_counter() - t0
+    return {"model": model_name, "neuron": neuron, "T": T, "batch": batch, "device": device,
+            "train_img_s": batch * iters / train_s, "eval_img_s": batch * iters / eval_s,
+            "train_peak_mib": peak, "graph_mib": graph,
+            "adjoint_iters": model.adjoint_log.summary().get("adjoint_iterations", 0.0)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="f64c5,alexnet_f")
+    ap.add_argument("--T", default="30,100")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--neuron", default="LIF")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default="benchmarks/results/throughput.json")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        model_name, T = args.one.split(":")
+        print(json.dumps(measure(model_name, int(T), args.batch, args.iters, args.device,
+                                 args.neuron)))
+        return
+    rows = []
+    for model_name in args.models.split(","):
+        for T in (int(t) for t in args.T.split(",")):
+            out = subprocess.run([sys.executable, __file__, "--one", f"{model_name}:{T}",
+                                  "--batch", str(args.batch), "--iters", str(args.iters),
+                                  "--device", args.device, "--neuron", args.neuron],
+                                 capture_output=True, text=True, check=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            anchor = ANCHOR.get((model_name, T))
+            if anchor and args.device == "cuda":
+                row["train_vs_anchor"] = row["train_img_s"] / anchor[0]
+                row["eval_vs_anchor"] = row["eval_img_s"] / anchor[2]
+            rows.append(row)
+            print(table(rows[-1:], list(rows[-1])), flush=True)
+    for m in args.models.split(","):
+        mine = {r["T"]: r["train_peak_mib"] for r in rows if r["model"] == m}
+        if 30 in mine and 100 in mine and mine[30] > 0:
+            print(f"{m}: training peak memory T=100 / T=30 = {mine[100] / mine[30]:.2f}")
+    print()
+    print(table(rows, list(rows[0])))
+    write_json(args.out, {"rows": rows, "anchor_h100": {f"{k[0]}@T{k[1]}": v
+                                                        for k, v in ANCHOR.items()}})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""`fsnn deploy`: evaluate a trained spec on a backend, sharded over Ray actors, logged to MLflow.
+
+Each Ray actor builds the network once on its own simulator instance (for NEST: its own kernel)
+and evaluates chunks of samples; the driver compares every sample with the torch reference
+(identical prediction, identical spike count for every neuron) and logs one MLflow run linked to
+the training run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fsnn.backends.base import BackendError, BatchResult, get_backend
+from fsnn.platform.spec import Network, SpecError, load_spec
+
+
+@dataclass
+class ShardOutput:
+    """What one chunk of samples produced (numpy, so it travels cheaply between processes)."""
+
+    start: int
+    predictions: np.ndarray  # [n]
+    counts: dict[str, np.ndarray]  # per population [n, neurons], int32
+    events: np.ndarray  # [n]
+    wall_time: float
+    energy: dict[str, float] = field(default_factory=dict)
+
+
+def _shard(result: BatchResult, start: int) -> ShardOutput:
+    return ShardOutput(start, result.logits.argmax(1).numpy(),
+                       {k: v.flatten(1).round().to(torch.int32).numpy()
+                        for k, v in result.counts.items()},
+                       result.synaptic_events.numpy(), result.wall_time, dict(result.energy))
+
+
+class Evaluator:
+    """Builds a backend once and evaluates chunks; used in-process or as a Ray actor."""
+
+    def __init__(self, backend: str, spec_json: dict[str, Any], tensors: dict[str, Any],
+                 options: dict[str, Any] | None = None) -> None:
+        from fsnn.platform.spec import network_from_json
+
+        t0 = time.perf_counter()
+        self.net = network_from_json(spec_json, {k: torch.as_tensor(v) for k, v in
+                                                 tensors.items()})
+        self.backend = get_backend(backend, **(options or {}))
+        self.backend.build(self.net)
+        self.build_time = time.perf_counter() - t0
+
+    def build_seconds(self) -> float:
+        return self.build_time
+
+    def run(self, start: int, x: np.ndarray) -> ShardOutput:
+        return _shard(self.backend.run(torch.as_tensor(x)), start)
+
+
+@dataclass
+class DeployReport:
+    backend: str
+    samples: int
+    metrics: dict[str, float]
+    run_id: str | None = None
+    predictions: np.ndarray | None = None
+
+
+class DeployError(RuntimeError):
+    """The source, the data or the backend cannot be used; the message says why."""
+
+
+def resolve_source(source: str, tracking_uri: str, workdir: Path) -> tuple[Network, str | None]:
+    """A spec directory, or an MLflow run id whose ``spec`` artifact is fetched."""
+    path = Path(source)
+    if path.exists():
+        net = load_spec(path)
+        return net, net.metadata.get("mlflow_run_id")
+    from fsnn.pipelines.tracking import client
+
+    c = client(tracking_uri)
+    try:
+        c.get_run(source)
+    except Exception as exc:
+        raise DeployError(f"{source!r} is neither a spec directory nor a run in "
+                          f"{tracking_uri} ({type(exc).__name__})") from None
+    names = {a.path for a in c.list_artifacts(source)}
+    if "spec" not in names:
+        raise DeployError(f"run {source} has no 'spec' artifact (was it trained to the end by "
+                          f"`fsnn train`?); pass a spec directory instead")
+    local = c.download_artifacts(source, "spec", str(workdir))
+    return load_spec(local), source
+
+
+def _chunks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+def evaluate(net: Network, backend: str, x: torch.Tensor, *, workers: int = 1,
+             chunk: int = 25, options: dict[str, Any] | None = None,
+             progress: bool = True) -> tuple[list[ShardOutput], float]:
+    """Run ``x`` through ``backend`` on ``workers`` simulator instances; returns shards in order
+    and the mean build time."""
+    from fsnn.platform.spec import network_to_json
+
+    doc = network_to_json(net)
+    tensors = {k: v.numpy() for k, v in net.tensors().items()}
+    spans = _chunks(x.shape[0], chunk)
+    outs: list[ShardOutput] = []
+    from rich.progress import Progress
+
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"{backend}: samples", total=x.shape[0])
+        if workers <= 1:
+            ev = Evaluator(backend, doc, tensors, options)
+            for s, e in spans:
+                outs.append(ev.run(s, x[s:e].numpy()))
+                bar.advance(task, e - s)
+            build = ev.build_seconds()
+        else:
+            import ray
+            from ray.util import ActorPool
+
+            remote = ray.remote(num_cpus=1)(Evaluator)
+            actors = [remote.remote(backend, doc, tensors, options) for _ in range(workers)]
+            try:
+                build = float(np.mean(ray.get([a.build_seconds.remote() for a in actors])))
+            except ray.exceptions.RayActorError as exc:
+                raise DeployError(f"a {backend} worker failed to build the network: {exc}") \
+                    from None
+            pool = ActorPool(actors)
+            for out in pool.map_unordered(lambda a, se: a.run.remote(se[0], x[se[0]:se[1]]
+                                                                     .numpy()), spans):
+                outs.append(out)
+                bar.advance(task, len(out.predictions))
+            for a in actors:
+                ray.kill(a)
+    return sorted(outs, key=lambda o: o.start), build
+
+
+def _merge(outs: list[ShardOutput]) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    preds = np.concatenate([o.predictions for o in outs])
+    counts = {k: np.concatenate([o.counts[k] for o in outs]) for k in outs[0].counts}
+    events = np.concatenate([o.events for o in outs])
+    return preds, counts, events
+
+
+def compare(backend: str, outs: list[ShardOutput], y: torch.Tensor,
+            reference: list[ShardOutput] | None, wall: float, build: float) -> dict[str, float]:
+    preds, counts, events = _merge(outs)
+    n = len(preds)
+    spikes = sum(c.sum(1) for c in counts.values())
+    m: dict[str, float] = {
+        "accuracy": float((preds == y.numpy()).mean()),
+        "samples": float(n),
+        "spikes_per_sample": float(np.mean(spikes)),
+        "synaptic_events_per_sample": float(events.mean()),
+        "wall_time_s": wall,
+        "build_time_s": build,
+        "samples_per_s": n / max(wall, 1e-9),
+        "sim_time_s": float(sum(o.wall_time for o in outs)),
+    }
+    for k, c in counts.items():
+        m[f"rate_{k}"] = float(c.mean())
+    if reference is not None:
+        rpreds, rcounts, _ = _merge(reference)
+        same = np.ones(n, dtype=bool)
+        for k in counts:
+            same &= (counts[k] == rcounts[k]).all(1)
+        m["agreement_predictions"] = float((preds == rpreds).mean())
+        m["agreement_counts"] = float(same.mean())
+        m["reference_accuracy"] = float((rpreds == y.numpy()).mean())
+    energy: dict[str, float] = {}
+    for o in outs:
+        for k, v in o.energy.items():
+            energy[k] = energy.get(k, 0.0) + v
+    m.update(energy)
+    return m
+
+
+def load_test_data(net: Network, dataset: str | None, samples: int) -> tuple[torch.Tensor,
+                                                                              torch.Tensor]:
+    from fsnn.platform.data import load_dataset
+
+    name = dataset or net.metadata.get("dataset")
+    if not name:
+        raise DeployError("the spec does not name its data set; pass --data NAME")
+    x, y = load_dataset(str(name), "test", limit=samples, progress=False)
+    x = x.to(torch.float64) if net.input.kind == "analog" else x[:, :net.T].to(torch.float64)
+    return x, y
+
+
+def run_deploy(source: str, backend: str, *, samples: int = 500, workers: int = 1,
+               tracking_uri: str | None = None, address: str | None = None,
+               dataset: str | None = None, log: bool = True,
+               options: dict[str, Any] | None = None) -> DeployReport:
+    from fsnn.pipelines.tracking import check_tracking_uri, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(uri)
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            net, train_run = resolve_source(source, uri, Path(d))
+        except SpecError as exc:
+            raise DeployError(str(exc)) from None
+    # refuse a spec the backend cannot express before any data is loaded or simulator built
+    get_backend(backend, **(options or {})).check(net)
+    x, y = load_test_data(net, dataset, samples)
+    if workers > 1:
+        from fsnn.pipelines.raycluster import check_resources, connect
+
+        connect(address)
+        check_resources(workers, 1.0, False)
+    t0 = time.perf_counter()
+    outs, build = evaluate(net, backend, x, workers=workers, options=options)
+    wall = time.perf_counter() - t0
+    reference = None
+    if backend != "torch":
+        reference, _ = evaluate(net, "torch", x, workers=1, progress=False)
+    metrics = compare(backend, outs, y, reference, wall, build)
+    run_id = None
+    if log:
+        run_id = _log(uri, net, backend, metrics, train_run, source, samples, workers)
+    preds, _, _ = _merge(outs)
+    return DeployReport(backend, len(y), metrics, run_id, preds)
+
+
+def _log(uri: str, net: Network, backend: str, metrics: dict[str, float], train_run: str | None,
+         source: str, samples: int, workers: int) -> str:
+    from fsnn.pipelines.tracking import client, create_run
+
+    tags = {"fsnn.kind": "deploy", "fsnn.backend": backend, "fsnn.source": source}
+    if train_run:
+        tags["fsnn.train_run_id"] = train_run
+    run_id = create_run(uri, run_name=f"deploy-{backend}",
+                        params={"backend": backend, "samples": samples, "workers": workers,
+                                "T": net.T, "model": net.metadata.get("model", "")},
+                        tags=tags, parent_run_id=train_run)
+    c = client(uri)
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    c.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+__all__ = ["BackendError", "DeployError", "DeployReport", "evaluate", "run_deploy"]
