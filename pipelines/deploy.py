@@ -215,25 +215,39 @@ def run_deploy(source: str, backend: str, *, samples: int = 500, workers: int = 
 
         connect(address)
         check_resources(workers, 1.0, False)
+    from fsnn.pipelines.energy_meter import EnergyMeter
+
+    meter = EnergyMeter()  # package-wide counters: covers actors on this node too
+    meter.start()
     t0 = time.perf_counter()
     outs, build = evaluate(net, backend, x, workers=workers, options=options)
     wall = time.perf_counter() - t0
+    measured = meter.stop()
     reference = None
     if backend != "torch":
         reference, _ = evaluate(net, "torch", x, workers=1, progress=False)
     metrics = compare(backend, outs, y, reference, wall, build)
+    from fsnn.platform.energy import estimate_metrics
+
+    metrics.update(estimate_metrics(net, metrics["synaptic_events_per_sample"]))
+    for k, v in measured.items():
+        metrics[k] = v
+        metrics[f"{k}_per_inference"] = v / len(y)
     run_id = None
     if log:
-        run_id = _log(uri, net, backend, metrics, train_run, source, samples, workers)
+        run_id = _log(uri, net, backend, metrics, train_run, source, samples, workers,
+                      meter.reasons)
     preds, _, _ = _merge(outs)
     return DeployReport(backend, len(y), metrics, run_id, preds)
 
 
 def _log(uri: str, net: Network, backend: str, metrics: dict[str, float], train_run: str | None,
-         source: str, samples: int, workers: int) -> str:
+         source: str, samples: int, workers: int, absent: dict[str, str]) -> str:
+    from fsnn.pipelines.plots import plot_energy
     from fsnn.pipelines.tracking import client, create_run
 
-    tags = {"fsnn.kind": "deploy", "fsnn.backend": backend, "fsnn.source": source}
+    tags = {"fsnn.kind": "deploy", "fsnn.backend": backend, "fsnn.source": source,
+            **{f"fsnn.absent.{k}": v for k, v in absent.items()}}
     if train_run:
         tags["fsnn.train_run_id"] = train_run
     run_id = create_run(uri, run_name=f"deploy-{backend}",
@@ -245,6 +259,9 @@ def _log(uri: str, net: Network, backend: str, metrics: dict[str, float], train_
 
     now = int(time.time() * 1000)
     c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    with tempfile.TemporaryDirectory() as d:
+        c.log_artifact(run_id, str(plot_energy(metrics, backend, Path(d) / "energy.png")),
+                       "plots")
     c.set_terminated(run_id, "FINISHED")
     return run_id
 

@@ -57,3 +57,29 @@ def plot_rate_convergence(net: Network, x: torch.Tensor, out: Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def plot_energy(metrics: dict[str, float], backend: str, out: Path) -> Path:
+    """Energy per inference: measured (GPU/CPU counters, SpiNNaker) beside the estimates."""
+    plt = _pyplot()
+    bars: list[tuple[str, float, str]] = []
+    for key, label in (("energy/gpu_j_per_inference", "GPU (measured)"),
+                       ("energy/cpu_j_per_inference", "CPU (measured)"),
+                       ("energy/spinnaker_j_per_inference", "SpiNNaker (measured)")):
+        if key in metrics:
+            bars.append((label, metrics[key], "tab:blue"))
+    for key, value in sorted(metrics.items()):
+        if key.startswith("energy_est/"):
+            name = key.removeprefix("energy_est/").removesuffix("_j")
+            bars.append((f"{name} (estimate)", value, "tab:orange"))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if bars:
+        ax.bar([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
+        ax.set_yscale("log")
+    ax.set_ylabel("joules per inference")
+    ax.set_title(f"{backend}: accuracy {metrics.get('accuracy', float('nan')):.4f}")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from fsnn.pipelines.training import build_training, epoch_metrics, log_final_artifacts
 from fsnn.platform.checkpoint import (
     CheckpointError,
     TrainingState,
@@ -20,25 +21,7 @@ from fsnn.platform.checkpoint import (
     save_checkpoint,
 )
 from fsnn.platform.config import config_from_dict
-from fsnn.platform.data import DATASETS, load_dataset, make_loader
-from fsnn.platform.spec import save_spec
-from fsnn.platform.trainer import (
-    build_optimizer,
-    build_scheduler,
-    evaluate,
-    model_from_config,
-    train_epoch,
-)
-
-
-def _all_reduce(values: list[float], world: int) -> list[float]:
-    if world == 1:
-        return values
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
+from fsnn.platform.trainer import evaluate, train_epoch
 
 
 def _gather(obj: Any, world: int) -> list[Any]:
@@ -88,20 +71,9 @@ def train_loop(loop: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(loop.get("threads", 1))))
     torch.manual_seed(cfg.train.seed)
     device = ray.train.torch.get_device()
-    info = DATASETS[cfg.data.name]
-    root = Path(cfg.data.root) if cfg.data.root else None
-    xtr, ytr = load_dataset(cfg.data.name, "train", root, limit=cfg.data.train_limit,
-                            progress=False)
-    xte, yte = load_dataset(cfg.data.name, "test", root, limit=cfg.data.test_limit,
-                            progress=False)
-    per_worker = max(1, cfg.data.batch_size // world)
-    train_loader = make_loader(xtr, ytr, per_worker, shuffle=True, seed=cfg.train.seed,
-                               rank=rank, world_size=world, drop_last=world > 1)
-    test_loader = make_loader(xte, yte, cfg.data.test_batch_size, shuffle=False, seed=0,
-                              rank=rank, world_size=world)
-    model = model_from_config(cfg, num_classes=info.num_classes, labels=list(info.classes))
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer, len(train_loader))
+    setup = build_training(cfg, rank=rank, world=world)
+    model, optimizer, scheduler = setup.model, setup.optimizer, setup.scheduler
+    train_loader, test_loader = setup.train_loader, setup.test_loader
     start, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     state = None
@@ -131,22 +103,21 @@ def train_loop(loop: dict[str, Any]) -> None:
         set_tags(c, run_id, {"fsnn.worker_nodes": ",".join(n for n, _ in where),
                             "fsnn.worker_pids": ",".join(str(p) for _, p in where),
                             "fsnn.resumed_from_epoch": str(start)})
+    from fsnn.pipelines.energy_meter import EnergyMeter
+
+    meter = EnergyMeter(gpus=[device.index or 0] if device.type == "cuda" else [],
+                        cpu=ctx.get_local_rank() == 0)
+    if c is not None:
+        set_tags(c, run_id, {f"fsnn.absent.{k}": v for k, v in meter.reasons.items()})
     for epoch in range(start, cfg.train.epochs):
         train_loader.set_epoch(epoch)
+        meter.start()
         tr = train_epoch(ddp, train_loader, optimizer, scheduler, device, ide_model=model)
+        energy = meter.stop()
         _sync_buffers(model, world)
         te = evaluate(model, test_loader, device)
-        sums = _all_reduce([tr.loss * tr.samples, tr.accuracy * tr.samples, tr.samples,
-                            te.loss * te.samples, te.accuracy * te.samples, te.samples,
-                            tr.seconds], world)
-        metrics: dict[str, float] = {
-            "train_loss": sums[0] / sums[2], "train_accuracy": sums[1] / sums[2],
-            "test_loss": sums[3] / max(sums[5], 1), "test_accuracy": sums[4] / max(sums[5], 1),
-            "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": tr.seconds,
-            "images_per_s": sums[2] / max(sums[6] / world, 1e-9),
-        }
-        metrics.update({f"rate_{k}": v for k, v in tr.rates.items()})
-        metrics.update(tr.adjoint)
+        keys = ("energy/gpu_j", "energy/cpu_j")
+        metrics = epoch_metrics(tr, te, optimizer.param_groups[0]["lr"], world)
         history.append({"epoch": float(epoch), **metrics})
         ckpt_obj = None
         tmp = None
@@ -169,22 +140,5 @@ def train_loop(loop: dict[str, Any]) -> None:
                   f"{metrics.get('adjoint_iterations', 0):.1f}", flush=True)
     if rank == 0:
         assert c is not None
-        _finish(c, run_id, model, cfg.data.name, history, xte[:64])
+        log_final_artifacts(c, run_id, model, cfg.data.name, history, setup.sample)
 
-
-def _finish(c: Any, run_id: str, model: Any, dataset: str, history: list[dict[str, float]],
-            sample: torch.Tensor) -> None:
-    from fsnn.pipelines.plots import plot_curves, plot_rate_convergence
-
-    model = model.cpu().eval()
-    with tempfile.TemporaryDirectory() as d:
-        spec_dir = Path(d) / "spec"
-        net = model.to_network(metadata={"mlflow_run_id": run_id, "dataset": dataset})
-        save_spec(net, spec_dir)
-        c.log_artifacts(run_id, str(spec_dir), "spec")
-        plots = Path(d) / "plots"
-        plots.mkdir()
-        plot_curves(history, plots / "curves.png")
-        plot_rate_convergence(net, sample, plots / "rate_convergence.png")
-        c.log_artifacts(run_id, str(plots), "plots")
-    c.set_tag(run_id, "fsnn.spec", "spec")
