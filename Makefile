@@ -28,10 +28,7 @@ test: venv data lint
 	$(PY) -m pytest -q
 
 demo: venv data
-	$(PY) benchmarks/accuracy.py --epochs 1 --train-limit 20000 --test-limit 2000 \
-	    --out benchmarks/results/demo.json
-	@echo "fsnn: training through Ray, deployment to NEST and the comparison table are not built yet;"
-	@echo "      this demo trained F400 (IDE) on real Fashion-MNIST in one process."
+	$(FSNN) pipeline configs/demo.yaml
 
 bench-accuracy: venv data
 	$(PY) benchmarks/accuracy.py

@@ -56,6 +56,8 @@ class Backend(Protocol):
 BACKENDS: dict[str, str] = {
     "torch": "fsnn.backends.torch_backend:TorchBackend",
     "nest": "fsnn.backends.nest_backend:NestBackend",
+    "spinnaker": "fsnn.backends.spinnaker_backend:SpinnakerBackend",
+    "spinnaker-emulated": "fsnn.backends.spinnaker_emulation:SpinnakerEmulatedBackend",
 }
 
 

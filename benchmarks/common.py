@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmarks: a table printer and a JSON writer with machine info."""
+"""Shared helpers for the benchmarks: a table printer, a JSON writer with machine info, and the
+size of the graph autograd keeps for the backward pass."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +39,16 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
     return out
+
+
+def saved_graph_mib(step: Callable[[], Any]) -> float:
+    """MiB of distinct tensors autograd saves for backward during ``step()``."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(seen.values()) / 2**20

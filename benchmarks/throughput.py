@@ -23,25 +23,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import table, write_json
+from common import saved_graph_mib, table, write_json
 
 ANCHOR = {("f64c5", 30): (802, 579, 16116), ("alexnet_f", 30): (506, 1396, 2711),
           ("alexnet_f", 100): (333, 1396, 987)}
 SHAPES = {"f64c5": (1, 28, 28), "f400": (1, 28, 28), "alexnet_f": (3, 32, 32),
           "cifarnet_f": (3, 32, 32)}
-
-
-def saved_graph_mib(step) -> float:
-    """MiB of distinct tensors autograd saves for backward during ``step()``."""
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step()
-    return sum(seen.values()) / 2**20
 
 
 def measure(model_name: str, T: int, batch: int, iters: int, device: str,

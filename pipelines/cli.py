@@ -112,6 +112,33 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    from fsnn.backends.base import BackendError
+    from fsnn.pipelines.deploy import DeployError
+    from fsnn.pipelines.pipeline import run_pipeline
+    from fsnn.pipelines.raycluster import RayConnectError
+    from fsnn.pipelines.tracking import TrackingError
+    from fsnn.platform.checkpoint import CheckpointError
+    from fsnn.platform.data import DataError
+
+    try:
+        res = run_pipeline(cfg, config_path=args.config, force=args.force, address=args.address,
+                           tracking_uri=args.tracking_uri, storage=args.storage)
+    except (BackendError, DeployError, RayConnectError, TrackingError, CheckpointError,
+            DataError, RuntimeError) as exc:
+        raise CLIError(str(exc)) from None
+    from fsnn.pipelines.tracking import resolve_tracking_uri
+
+    print()
+    print(res.table)
+    print()
+    print(f"[fsnn] pipeline run {res.pipeline_run}; training run {res.train_run}")
+    print(f"[fsnn] open the MLflow UI: mlflow ui --backend-store-uri "
+          f"{resolve_tracking_uri(args.tracking_uri)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fsnn",
@@ -127,12 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("tune", help="Ray Tune search over T, V_th, leak, learning rate, ...")
-    _add_common_train(p)
-    p.set_defaults(func=_not_built("tune", "the Ray Tune issue"))
+    from fsnn.pipelines.tune import add_arguments as add_tune_arguments
+    from fsnn.pipelines.tune import cmd_tune
+
+    add_tune_arguments(p)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("deploy", help="evaluate a trained spec on a backend (torch, nest, ...)")
     p.add_argument("source", help="MLflow run id (of `fsnn train`) or spec directory")
-    p.add_argument("--backend", default="torch", help="torch | nest")
+    p.add_argument("--backend", default="torch",
+                   help="torch | nest | spinnaker-emulated | spinnaker")
     p.add_argument("--samples", type=int, default=500, help="test samples to evaluate")
     p.add_argument("--workers", type=int, default=1,
                    help="simulator instances (Ray actors) to shard the samples over")
@@ -143,12 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pipeline", help="train, export, deploy to every backend, compare")
     _add_common_train(p)
-    p.set_defaults(func=_not_built("pipeline", "the main-job issue"))
+    p.add_argument("--force", action="store_true",
+                   help="re-run every step (default: reuse finished runs of the same config)")
+    p.set_defaults(func=_cmd_pipeline)
 
     p = sub.add_parser("export", help="export a trained model (spec or NIR)")
     p.add_argument("source", help="MLflow run id or spec directory")
     p.add_argument("--format", default="nir", choices=["nir"])
-    p.set_defaults(func=_not_built("export", "the SpiNNaker/NIR issue"))
+    p.add_argument("--out", default=None, help="output file (default: SOURCE.nir here)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (for a run id)")
+
+    def _cmd_export(args: argparse.Namespace) -> int:
+        from fsnn.pipelines.export import cli_export
+
+        return cli_export(args)
+
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("data", help="fetch data sets into the cache")
     dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -173,4 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the importable module's main, so lazily imported code raises the same CLIError class
+    from fsnn.pipelines.cli import main as _main
+
+    sys.exit(_main())

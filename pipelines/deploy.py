@@ -48,7 +48,8 @@ class Evaluator:
         from fsnn.platform.spec import network_from_json
 
         t0 = time.perf_counter()
-        self.net = network_from_json(spec_json, {k: torch.as_tensor(v) for k, v in
+        # Ray hands actors read-only arrays: copy them into tensors the network owns
+        self.net = network_from_json(spec_json, {k: torch.from_numpy(np.array(v)) for k, v in
                                                  tensors.items()})
         self.backend = get_backend(backend, **(options or {}))
         self.backend.build(self.net)

@@ -83,3 +83,31 @@ def plot_energy(metrics: dict[str, float], backend: str, out: Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def plot_tune(trials: list[dict[str, float]], metric: str, out: Path) -> Path:
+    """A search at a glance: ``metric`` against T and against V_th (one point per trial, coloured
+    by the other), and the mean firing rate against T. Each row has T, vth, metric, rate."""
+    plt = _pyplot()
+    rows = [t for t in trials if metric in t]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    panels = (("T", metric, "vth"), ("vth", metric, "T"), ("T", "rate", "vth"))
+    labels = {"T": "time steps T", "vth": "threshold V_th", "rate": "mean firing rate"}
+    for ax, (x, y, colour) in zip(axes, panels, strict=True):
+        pts = [r for r in rows if y in r]
+        if pts:
+            sc = ax.scatter([r[x] for r in pts], [r[y] for r in pts],
+                            c=[r[colour] for r in pts], cmap="viridis", edgecolors="k")
+            fig.colorbar(sc, ax=ax, label=labels[colour])
+        ax.set_xlabel(labels[x])
+        ax.set_ylabel(labels.get(y, y))
+        ax.grid(alpha=0.3)
+        if x == "T":
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"{len(rows)} trials")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -29,6 +29,8 @@ class TrainOptions:
     storage: str | None = None
     resume: str | None = None
     config_path: str | None = None
+    tags: dict[str, str] | None = None  # extra tags on the training run (e.g. the pipeline's)
+    parent_run_id: str | None = None
 
 
 @dataclass
@@ -113,8 +115,8 @@ def run_train(cfg: Config, opts: TrainOptions) -> TrainOutcome:
             "fsnn.kind": "train", "fsnn.model": cfg.model, "ray.version": ray.__version__,
             "ray.num_workers": str(cfg.train.num_workers),
             "ray.use_gpu": str(cfg.train.use_gpu),
-            "fsnn.config_path": str(opts.config_path or ""),
-        })
+            "fsnn.config_path": str(opts.config_path or ""), **(opts.tags or {}),
+        }, parent_run_id=opts.parent_run_id)
         c = client(uri)
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "config.yaml").write_text(dump_config(cfg))

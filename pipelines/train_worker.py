@@ -116,8 +116,7 @@ def train_loop(loop: dict[str, Any]) -> None:
         energy = meter.stop()
         _sync_buffers(model, world)
         te = evaluate(model, test_loader, device)
-        keys = ("energy/gpu_j", "energy/cpu_j")
-        metrics = epoch_metrics(tr, te, optimizer.param_groups[0]["lr"], world)
+        metrics = epoch_metrics(tr, te, optimizer.param_groups[0]["lr"], world, energy)
         history.append({"epoch": float(epoch), **metrics})
         ckpt_obj = None
         tmp = None

@@ -6,8 +6,11 @@ any work starts. ``overrides`` (``["optim.lr=0.1", "T=8"]``) apply on top of the
 
 from __future__ import annotations
 
+import copy
+import difflib
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -31,11 +34,60 @@ class DataConfig(_Strict):
     augment: bool = Field(False, description="random crop + flip (CIFAR)")
 
 
+_METHOD_FIELDS: dict[str, tuple[str, ...]] = {
+    "ide": ("solver", "max_iter", "tol"),
+    "tsbp": ("surrogate", "surrogate_width", "reset_grad"),
+    "dsr": ("alpha", "vth_bound", "train_vth", "unroll"),
+    "spide": ("backward_T", "backward_vth", "modified_reset", "forward_warmup",
+              "backward_warmup"),
+}
+
+
 class MethodConfig(_Strict):
-    name: Literal["ide"] = "ide"
+    """The training method and its settings; a field of another method than ``name`` is an
+    error (it would be silently ignored otherwise)."""
+
+    name: Literal["ide", "tsbp", "dsr", "spide"] = Field(
+        "ide", description="ide | tsbp (BPTT, surrogate) | dsr (spike representation) | spide")
+    # ide
     solver: Literal["broyden", "fixed_point"] = "broyden"
     max_iter: int = Field(30, gt=0, description="adjoint solver iteration cap")
     tol: float = Field(1e-4, gt=0, description="relative residual to stop the adjoint solve")
+    # tsbp
+    surrogate: Literal["rectangle", "sigmoid"] = Field(
+        "rectangle", description="surrogate derivative of the spike's Heaviside")
+    surrogate_width: float = Field(1.0, gt=0, description="surrogate width in units of V_th")
+    reset_grad: bool = Field(True, description="keep the reset's temporal term in the graph")
+    # dsr
+    alpha: float = Field(0.5, gt=0, le=1,
+                         description="fire at alpha*V_th, subtract V_th (DSR's hyperparameter)")
+    vth_bound: float = Field(1e-3, gt=0, description="lower bound of the trained thresholds")
+    train_vth: bool = Field(True, description="train a threshold per population")
+    unroll: int = Field(1, gt=0, description="representation sweeps through feedback loops")
+    # spide
+    backward_T: int = Field(250, gt=0, description="time steps of the spiking backward")
+    backward_vth: float = Field(1.0, gt=0, description="backward threshold, in units of the "
+                                "largest incoming gradient of the sample")
+    modified_reset: bool = Field(True, description="forward neurons fire at V_th/2 "
+                                 "(initial potential V_th/2)")
+    forward_warmup: int = Field(0, ge=0, description="forward steps left out of the rates the "
+                                "backward is evaluated at (two-stage average)")
+    backward_warmup: int = Field(0, ge=0, description="backward steps left out of the average")
+
+    @model_validator(mode="after")
+    def _fields_of_the_method(self) -> MethodConfig:
+        mine = _METHOD_FIELDS[self.name]
+        for other, fields in _METHOD_FIELDS.items():
+            for f in fields:
+                # a full dump carries every field at its default: only a changed value is wrong
+                changed = getattr(self, f) != type(self).model_fields[f].default
+                if other != self.name and f in self.model_fields_set and f not in mine \
+                        and changed:
+                    raise ValueError(f"{f}: a setting of method {other!r}, but method.name is "
+                                     f"{self.name!r}")
+        if self.name == "spide" and self.backward_warmup >= self.backward_T:
+            raise ValueError(f"backward_warmup: must be < backward_T ({self.backward_T})")
+        return self
 
 
 class OptimConfig(_Strict):
@@ -59,6 +111,107 @@ class TrainConfig(_Strict):
     log_every: int = Field(50, gt=0, description="batches between progress updates")
 
 
+Scalar = bool | int | float | str
+DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
+
+
+class ParamSpace(_Strict):
+    """One dimension of a search space: exactly one of the keys, e.g. ``{choice: [4, 8, 16]}``.
+
+    ``choice`` samples one value, ``grid`` tries every value (grid search), ``uniform`` and
+    ``loguniform`` sample a float in ``[low, high]``, ``randint`` an integer in ``[low, high]``
+    (both ends included).
+    """
+
+    choice: list[Scalar] | None = Field(None, min_length=1)
+    grid: list[Scalar] | None = Field(None, min_length=1)
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ParamSpace:
+        given = [k for k in DISTRIBUTIONS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(DISTRIBUTIONS)} "
+                             f"(e.g. {{choice: [4, 8]}}), got {given or 'none'}")
+        if self.kind in ("uniform", "loguniform", "randint"):
+            lo, hi = self.bounds
+            if hi < lo or (hi == lo and self.kind != "randint"):
+                raise ValueError(f"{self.kind}: needs [low, high] with low < high, got "
+                                 f"[{lo}, {hi}]")
+            if self.kind == "loguniform" and lo <= 0:
+                raise ValueError(f"loguniform: needs 0 < low, got {lo}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in DISTRIBUTIONS if getattr(self, k) is not None)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        lo, hi = getattr(self, self.kind)
+        return lo, hi
+
+    @property
+    def discrete(self) -> bool:
+        return self.kind in ("choice", "grid", "randint")
+
+    def candidates(self) -> list[Any]:
+        """The values a config must accept: every listed value, or both ends of a range."""
+        if self.kind in ("choice", "grid"):
+            return list(getattr(self, self.kind))
+        return list(self.bounds)
+
+
+class TrialResources(_Strict):
+    cpus: float = Field(1.0, gt=0, description="CPUs per trial (also torch's thread count)")
+    gpus: float = Field(0.0, ge=0, description="GPUs per trial (> 0 trains on CUDA)")
+
+
+class SearchConfig(_Strict):
+    """The `search:` section that `fsnn tune` reads; `fsnn train` ignores it."""
+
+    space: dict[str, ParamSpace] = Field(
+        description="dotted config path -> distribution, e.g. optim.lr: {loguniform: [1e-3, 0.1]}")
+    metric: str = Field("test_accuracy", description="a metric every trial reports per epoch")
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(8, gt=0, description="trials (with grid: repeats of the grid)")
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, gt=0, description="ASHA: epochs before a trial may be stopped")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep 1/reduction_factor")
+    algorithm: Literal["random", "grid", "optuna"] = "random"
+    max_concurrent: int | None = Field(None, gt=0, description="trials running at once")
+    seed: int | None = Field(None, description="seed of the search algorithm's sampling")
+    resources: TrialResources = Field(default_factory=TrialResources)
+
+    @model_validator(mode="after")
+    def _space(self) -> SearchConfig:
+        if not self.space:
+            raise ValueError("search.space: empty; give at least one dotted config path and "
+                             "its distribution, e.g. T: {choice: [4, 8]}")
+        for key, dim in self.space.items():
+            if self.algorithm == "optuna" and dim.kind == "grid":
+                raise ValueError(f"search.space.{key}: grid needs algorithm random or grid, "
+                                 f"optuna samples (use choice)")
+            if self.algorithm == "grid" and not dim.discrete:
+                raise ValueError(f"search.space.{key}: algorithm grid enumerates every value; "
+                                 f"{dim.kind} is continuous (use choice, grid or randint)")
+        if "leak" in self.space and "neuron" in self.space:
+            raise ValueError("search.space: sample leak or neuron, not both (a sampled leak "
+                             "sets the neuron: 1.0 -> IF, < 1 -> LIF)")
+        return self
+
+
+class DeployConfig(_Strict):
+    """What `fsnn pipeline` deploys the trained spec to (and `fsnn deploy`'s defaults)."""
+
+    backends: list[Literal["torch", "nest", "spinnaker-emulated", "spinnaker"]] = Field(
+        default_factory=lambda: ["torch", "nest"])
+    samples: int = Field(300, gt=0, description="test samples per backend")
+    workers: int = Field(1, gt=0, description="simulator instances (Ray actors) per backend")
+
+
 class Config(_Strict):
     name: str = "fsnn"
     model: str = "f400"
@@ -73,6 +226,8 @@ class Config(_Strict):
     method: MethodConfig = Field(default_factory=MethodConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    search: SearchConfig | None = Field(None, description="the space of `fsnn tune`")
+    deploy: DeployConfig = Field(default_factory=lambda: DeployConfig())
 
     @model_validator(mode="after")
     def _leak(self) -> Config:
@@ -87,6 +242,8 @@ class Config(_Strict):
         if self.model not in ZOO:
             known = ", ".join(sorted(ZOO))
             raise ValueError(f"model: unknown model {self.model!r}; known: {known}")
+        if self.search is not None:
+            _check_space(self)
         return self
 
     @property
@@ -95,14 +252,92 @@ class Config(_Strict):
         return self.leak
 
 
+def _leaf_paths(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
+    """Every settable leaf of a config model by dotted path -> its annotation."""
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.update(_leaf_paths(ann, f"{prefix}{name}."))
+        elif name != "search":
+            out[f"{prefix}{name}"] = ann
+    return out
+
+
+def _allows_float(ann: Any) -> bool:
+    if ann is float:
+        return True
+    return get_origin(ann) in (Union, types.UnionType) and float in get_args(ann)
+
+
+def apply_sample(doc: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A config document with sampled ``params`` (dotted paths) set, and ``search`` dropped.
+
+    A sampled ``leak`` sets the neuron (1.0 -> IF, < 1 -> LIF); a sampled ``neuron`` alone gets
+    its default leak (IF: 1.0, LIF: the config's leak if < 1, else 0.95).
+    """
+    out = copy.deepcopy(doc)
+    out.pop("search", None)
+    for key, value in params.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    if "leak" in params and "neuron" not in params:
+        out["neuron"] = "IF" if float(params["leak"]) == 1.0 else "LIF"
+    elif "neuron" in params and "leak" not in params:
+        if out["neuron"] == "IF":
+            out["leak"] = 1.0
+        elif out.get("leak") is None or float(out["leak"]) == 1.0:
+            out["leak"] = None
+    return out
+
+
+def config_doc(cfg: Config) -> dict[str, Any]:
+    """The fields ``cfg`` was given (defaults left out): a document that validates again."""
+    return cfg.model_dump(mode="json", exclude_unset=True)
+
+
+def trial_config(base: Config, params: dict[str, Any]) -> Config:
+    """The config one tune trial trains: ``base`` with the sampled ``params`` applied."""
+    return config_from_dict(apply_sample(config_doc(base), params))
+
+
+def _check_space(cfg: Config) -> None:
+    assert cfg.search is not None
+    leaves = _leaf_paths(Config)
+    doc = config_doc(cfg)
+    for key, dim in cfg.search.space.items():
+        where = f"search.space.{key}"
+        if key not in leaves:
+            near = difflib.get_close_matches(key, list(leaves), n=3)
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise ValueError(f"{where}: unknown config path (a dotted path to a field such as "
+                             f"T, vth, leak, optim.lr){hint}")
+        if dim.kind in ("uniform", "loguniform") and not _allows_float(leaves[key]):
+            raise ValueError(f"{where}: {dim.kind} samples floats, {key} is not a float field "
+                             f"(use choice or randint)")
+        for value in dim.candidates():
+            try:
+                config_from_dict(apply_sample(doc, {key: value}))
+            except ConfigError as exc:
+                reason = str(exc).removeprefix("invalid config: ")
+                raise ValueError(f"{where}: the value {value!r} gives an invalid config "
+                                 f"({reason})") from None
+
+
 def _format(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "config"
+        loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; `fsnn train --help` lists the sections)"
-        lines.append(f"{loc}: {msg}")
+            if loc.startswith("search.space."):
+                msg = f"unknown distribution; use one of {', '.join(DISTRIBUTIONS)}"
+        named = not loc or msg.startswith((f"{loc}.", f"{loc}:"))
+        lines.append(msg if named else f"{loc}: {msg}")
     return "invalid config: " + "; ".join(lines)
 
 

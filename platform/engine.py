@@ -7,10 +7,15 @@ Two timing modes reach the same rate equilibrium:
 * ``"deploy"`` – as PyNN/NEST run it: every projection acts ``delay`` steps after the spike.
 
 Everything is batched tensor code; the only Python loop is over time steps and populations.
+
+The simulation runs without a graph for IDE-style methods. Given a ``spike_fn`` (a Heaviside with
+a surrogate derivative) the same loop is differentiable end to end, for backpropagation through
+time; ``reset_grad`` then says whether the reset's dependency on the spike stays in the graph.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -36,13 +41,42 @@ class Circuit:
     def incoming(self, target: str) -> list[Projection]:
         return [q for q in self.projections if q.target == target]
 
+    def detached(self) -> Circuit:
+        """The same circuit with every tensor detached (weights, biases, constant currents)."""
+        projections = [Projection(q.name, q.source, q.target, q.kind, q.weight.detach(),
+                                  None if q.bias is None else q.bias.detach(), q.stride,
+                                  q.padding, q.output_padding, q.delay, q.feedback)
+                       for q in self.projections]
+        return Circuit(self.populations, projections,
+                       {k: v.detach() for k, v in self.const.items()}, self.masks)
+
+    def batch_size(self, spike_input: torch.Tensor | None = None) -> int:
+        """The batch this circuit was built for (spike input ``[T, B, ...]`` if given)."""
+        if spike_input is not None:
+            return int(spike_input.shape[1])
+        sizes = [int(t.shape[0]) for t in [*self.const.values(), *self.masks.values()]
+                 if t.dim() > 0]
+        return max(sizes, default=1)
+
 
 @dataclass
 class SimResult:
+    """Rates (leak-weighted, over all T steps), spike counts and optional spike trains.
+
+    ``window_rates`` are the rates over steps ``window_start .. T-1`` only (the "second stage"
+    of a two-stage average), when asked for.
+    """
+
     rates: dict[str, torch.Tensor]
     counts: dict[str, torch.Tensor]
     trains: dict[str, torch.Tensor] | None = None
     input_counts: torch.Tensor | None = None
+    window_rates: dict[str, torch.Tensor] | None = None
+
+
+SpikeFn = Callable[[torch.Tensor, float], torch.Tensor]
+"""``spike_fn(v - v_th, v_th)``: 1.0 where the argument is >= 0, else 0.0, with a surrogate
+derivative (``v_th`` scales the surrogate's width)."""
 
 
 def apply_projection(q: Projection, x: torch.Tensor, target_shape: tuple[int, ...]) -> torch.Tensor:
@@ -110,10 +144,22 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
                      spike_input: torch.Tensor | None = None,
                      record_trains: bool = False,
                      dtype: torch.dtype | None = None,
-                     device: torch.device | None = None) -> SimResult:
-    """Run the spiking dynamics for T steps; return (leak-weighted) rates and spike counts."""
+                     device: torch.device | None = None,
+                     spike_fn: SpikeFn | None = None,
+                     reset_grad: bool = True,
+                     window_start: int | None = None) -> SimResult:
+    """Run the spiking dynamics for T steps; return (leak-weighted) rates and spike counts.
+
+    Without ``spike_fn`` the spikes are a plain comparison (no graph: call it under
+    ``torch.no_grad()`` with detached weights). With ``spike_fn`` every step stays in the autograd
+    graph (BPTT); ``reset_grad=False`` detaches the spike where it resets the membrane, dropping
+    the reset's temporal term from the gradient (the values are identical either way).
+    ``window_start`` also returns the rates over steps ``window_start .. T-1``.
+    """
     if T <= 0:
         raise SpecError(f"T: must be a positive integer (got {T})")
+    if window_start is not None and not 0 <= window_start < T:
+        raise SpecError(f"window_start: must be in [0, T) (got {window_start} with T={T})")
     delays = _delays(circuit, timing)
     incoming = {p.name: circuit.incoming(p.name) for p in circuit.populations}
     ref = next(iter(circuit.const.values()), None)
@@ -137,7 +183,10 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
         if spike_input.shape[0] < T:
             raise SpecError(f"input: spike trains have {spike_input.shape[0]} steps, T is {T}")
         input_counts = spike_input[:T].sum(0)
+    start_acc: dict[str, torch.Tensor] = {}
     for t in range(T):
+        if t == window_start:
+            start_acc = dict(acc)
         if spike_input is not None:
             history.setdefault(INPUT, []).insert(0, spike_input[t].to(dtype))
         for p in circuit.populations:
@@ -158,11 +207,17 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
                 total = total + (out if mask is None else out * mask)
             n = p.neuron
             v = u[p.name] * n.leak + total if n.leak != 1.0 else u[p.name] + total
-            s = (v >= n.v_th).to(dtype)
-            if n.reset == "subtract":
-                v = v - n.v_th * s
+            if spike_fn is None:
+                s = (v >= n.v_th).to(dtype)
+                if n.reset == "subtract":
+                    v = v - n.v_th * s
+                else:
+                    v = torch.where(s.bool(), torch.full_like(v, n.v_reset), v)
             else:
-                v = torch.where(s.bool(), torch.full_like(v, n.v_reset), v)
+                s = spike_fn(v - n.v_th, n.v_th)
+                r = s if reset_grad else s.detach()
+                # identical values to the branch above (s is exactly 0.0 or 1.0)
+                v = v - n.v_th * r if n.reset == "subtract" else v * (1.0 - r) + n.v_reset * r
             u[p.name] = v
             hist = history.setdefault(p.name, [])
             hist.insert(0, s)
@@ -174,10 +229,17 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
         if INPUT in history:
             del history[INPUT][depth.get(INPUT, 0) + 1:]
     rates = {p.name: acc[p.name] / rate_normaliser(p.neuron.leak, T) for p in circuit.populations}
+    window = None
+    if window_start is not None:
+        window = {}
+        for p in circuit.populations:
+            lam, n_steps = p.neuron.leak, T - window_start
+            late = acc[p.name] - start_acc[p.name] * lam**n_steps if window_start else acc[p.name]
+            window[p.name] = late / rate_normaliser(lam, n_steps)
     return SimResult(rates=rates, counts=counts,
                      trains={k: torch.stack(v) for k, v in trains.items()} if record_trains
                      else None,
-                     input_counts=input_counts)
+                     input_counts=input_counts, window_rates=window)
 
 
 def _not_yet_updated(source: str, target: str, circuit: Circuit) -> bool:
@@ -202,21 +264,26 @@ def readout(net: Network, rates: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.linear(r, net.readout.weight, net.readout.bias)
 
 
+def population_input(circuit: Circuit, p: Population, rates: Mapping[str, torch.Tensor],
+                     input_rate: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean input current W a + c of population ``p`` given its sources' rates."""
+    total = circuit.const.get(p.name)
+    for q in circuit.incoming(p.name):
+        src = input_rate if q.source == INPUT else rates[q.source]
+        if src is None:
+            raise SpecError(f"projections.{q.name}: needs the input's rate")
+        part = apply_projection(q, src, p.shape)
+        mask = circuit.masks.get(q.name)
+        part = part if mask is None else part * mask
+        total = part if total is None else total + part
+    if total is None:
+        total = torch.zeros_like(rates[p.name])
+    return total.expand_as(rates[p.name])
+
+
 def equilibrium_map(circuit: Circuit, rates: dict[str, torch.Tensor],
                     input_rate: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One application of a -> clamp((W a + c) / V_th, 0, 1) for every population."""
-    out: dict[str, torch.Tensor] = {}
-    for p in circuit.populations:
-        total = circuit.const.get(p.name)
-        for q in circuit.incoming(p.name):
-            src = input_rate if q.source == INPUT else rates[q.source]
-            if src is None:
-                raise SpecError(f"projections.{q.name}: needs the input's rate")
-            part = apply_projection(q, src, p.shape)
-            mask = circuit.masks.get(q.name)
-            part = part if mask is None else part * mask
-            total = part if total is None else total + part
-        if total is None:
-            total = torch.zeros_like(rates[p.name])
-        out[p.name] = torch.clamp(total / p.neuron.v_th, 0.0, 1.0).expand_as(rates[p.name])
-    return out
+    return {p.name: torch.clamp(population_input(circuit, p, rates, input_rate) / p.neuron.v_th,
+                                0.0, 1.0)
+            for p in circuit.populations}

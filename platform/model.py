@@ -1,12 +1,19 @@
-"""The feedback SNN: populations on a ring, trained with IDE, exported as a spec.
+"""The feedback SNN: populations on a ring, trained with a method (IDE by default), exported as a
+spec.
 
 Population ``h0`` receives the input (through ``input_layer``) and the feedback projection from
 the last population; ``h0 -> h1 -> ... -> h{L-1}`` are feed-forward. The readout reads the last
 population's rates (the IDE paper's "last layer" form). A single-population net (F400, F64C5) is a
 ring of length one: ``h0 -> h0``.
+
+The training method (:mod:`fsnn.platform.methods`) decides how the rates get their gradient; it
+may also own parameters (DSR's thresholds) that shape the circuit and the exported spec.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -14,6 +21,8 @@ from torch import nn
 from fsnn.platform.engine import Circuit, equilibrium_map, simulate_circuit
 from fsnn.platform.ide import AdjointConfig, AdjointLog, implicit_equilibrium
 from fsnn.platform.layers import ProjectionLayer
+from fsnn.platform.methods.base import Method
+from fsnn.platform.methods.ide import IDEMethod
 from fsnn.platform.spec import (
     INPUT,
     InputEncoding,
@@ -40,7 +49,7 @@ class FeedbackSNN(nn.Module):
                  input_layer: ProjectionLayer, ring: list[ProjectionLayer], neuron: Neuron,
                  num_classes: int, T: int, timing: str = "ide",
                  adjoint: AdjointConfig | None = None, labels: list[str] | None = None,
-                 name: str = "custom") -> None:
+                 name: str = "custom", method: Method | None = None) -> None:
         super().__init__()
         if not ring:
             raise SpecError("ring: a feedback SNN needs at least one ring projection")
@@ -67,6 +76,8 @@ class FeedbackSNN(nn.Module):
         readout_size = int(torch.Size(self.shapes[-1]).numel())
         self.classifier = nn.Linear(readout_size, num_classes)
         self.last_rates: dict[str, float] = {}
+        self.method: Method = method if method is not None else IDEMethod()
+        self.method.attach([_pop(i) for i in range(len(self.shapes))], neuron)
 
     # -- structure ------------------------------------------------------------------------------
     @property
@@ -74,7 +85,9 @@ class FeedbackSNN(nn.Module):
         return _pop(len(self.shapes) - 1)
 
     def populations(self) -> list[Population]:
-        return [Population(_pop(i), s, self.neuron) for i, s in enumerate(self.shapes)]
+        """Populations with the neuron parameters the method sets (e.g. trained thresholds)."""
+        return [Population(_pop(i), s, self.method.neuron(_pop(i), self.neuron))
+                for i, s in enumerate(self.shapes)]
 
     def _ring_ends(self, i: int) -> tuple[str, str]:
         n = len(self.ring)
@@ -102,6 +115,9 @@ class FeedbackSNN(nn.Module):
         for i, layer in enumerate(self.ring):
             src, dst = self._ring_ends(i)
             w, b = layer.folded()
+            value = self.method.spike_value(src)
+            if value is not None:
+                w = w * value
             projections.append(Projection(_ring_name(i, n), src, dst, layer.kind, w, None,
                                           layer.stride, layer.padding, layer.output_padding,
                                           feedback=i == n - 1))
@@ -110,10 +126,11 @@ class FeedbackSNN(nn.Module):
         return Circuit(self.populations(), projections, const, masks)
 
     # -- forward --------------------------------------------------------------------------------
-    def _flatten(self, rates: dict[str, torch.Tensor]) -> torch.Tensor:
+    def flatten_rates(self, rates: dict[str, torch.Tensor]) -> torch.Tensor:
+        """All populations' rates as one ``[B, N]`` state (population order)."""
         return torch.cat([rates[_pop(i)].flatten(1) for i in range(len(self.shapes))], dim=1)
 
-    def _unflatten(self, state: torch.Tensor) -> dict[str, torch.Tensor]:
+    def unflatten_rates(self, state: torch.Tensor) -> dict[str, torch.Tensor]:
         out, start = {}, 0
         for i, shape in enumerate(self.shapes):
             size = int(torch.Size(shape).numel())
@@ -128,6 +145,7 @@ class FeedbackSNN(nn.Module):
         batch = x.shape[0]
         for layer in [self.input_layer, *self.ring]:
             layer.refresh()
+        self.method.refresh()
         masks: dict[str, torch.Tensor] = {}
         n = len(self.ring)
         for i, layer in enumerate(self.ring):
@@ -147,62 +165,93 @@ class FeedbackSNN(nn.Module):
             masks["in"] = m
         return self.circuit(None, masks), spikes, input_rate
 
+    def rate_maps(self, circuit: Circuit, input_rate: torch.Tensor | None) -> tuple[
+            Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+        """The equilibrium map on flat states: with the parameters' graph, and detached."""
+        frozen = circuit.detached()
+
+        def live(s: torch.Tensor) -> torch.Tensor:
+            return self.flatten_rates(equilibrium_map(circuit, self.unflatten_rates(s),
+                                                      input_rate))
+
+        def fixed(s: torch.Tensor) -> torch.Tensor:
+            return self.flatten_rates(equilibrium_map(frozen, self.unflatten_rates(s),
+                                                      input_rate))
+
+        return live, fixed
+
     def implicit(self, circuit: Circuit, rates: dict[str, torch.Tensor],
                  input_rate: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Rates with the value of ``rates`` and IDE gradients through ``circuit``."""
-        frozen = _detached(circuit)
-
-        def live(s: torch.Tensor) -> torch.Tensor:
-            return self._flatten(equilibrium_map(circuit, self._unflatten(s), input_rate))
-
-        def fixed(s: torch.Tensor) -> torch.Tensor:
-            return self._flatten(equilibrium_map(frozen, self._unflatten(s), input_rate))
-
-        state = implicit_equilibrium(self._flatten(rates), live, fixed, self.adjoint,
+        live, fixed = self.rate_maps(circuit, input_rate)
+        state = implicit_equilibrium(self.flatten_rates(rates), live, fixed, self.adjoint,
                                      self.adjoint_log)
-        return self._unflatten(state)
+        return self.unflatten_rates(state)
+
+    def simulate(self, circuit: Circuit, T: int,
+                 spike_input: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The rates of a plain (no-graph) simulation of ``circuit``."""
+        with torch.no_grad():
+            sim = simulate_circuit(circuit.detached(), T, batch=circuit.batch_size(spike_input),
+                                   timing=self.timing, spike_input=spike_input)
+        return sim.rates
+
+    def readout_input(self, rates: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the classifier reads: the readout population's rates times its spike value."""
+        r = rates[self.readout_population].flatten(1)
+        value = self.method.spike_value(self.readout_population)
+        return r if value is None else r * value
 
     def forward(self, x: torch.Tensor, *, T: int | None = None) -> torch.Tensor:
-        """Class scores: ``x`` is ``[B, *input_shape]`` (analog) or ``[B, T, *shape]`` (spikes)."""
+        """Class scores: ``x`` is ``[B, *input_shape]`` (analog) or ``[B, T, *shape]`` (spikes).
+
+        In training (with grad enabled) the method returns the simulated rates with its gradient
+        attached; otherwise the rates come from a plain simulation.
+        """
         T = T or self.T
         circuit, spikes, input_rate = self.prepare(x, T)
-        with torch.no_grad():
-            sim = simulate_circuit(_detached(circuit), T, batch=x.shape[0], timing=self.timing,
-                                   spike_input=spikes, dtype=x.dtype, device=x.device)
-        rates = sim.rates
-        self.last_rates = {k: float(v.mean()) for k, v in rates.items()}
         if self.training and torch.is_grad_enabled():
+            rates = self.method.rates(self, circuit, T, spikes, input_rate)
             for i, layer in enumerate(self.ring):
-                layer.update_bn(rates[_pop(i)])
-            rates = self.implicit(circuit, rates, input_rate)
-        return self.classifier(rates[self.readout_population].flatten(1))
+                layer.update_bn(rates[_pop(i)].detach())
+        else:
+            rates = self.simulate(circuit, T, spikes)
+        self.last_rates = {k: float(v.detach().mean()) for k, v in rates.items()}
+        return self.classifier(self.readout_input(rates))
+
+    def method_stats(self) -> dict[str, float]:
+        """The training method's statistics since :meth:`reset_method_stats`."""
+        return self.method.stats(self)
+
+    def reset_method_stats(self) -> None:
+        self.method.reset_stats(self)
 
     # -- export ---------------------------------------------------------------------------------
     @torch.no_grad()
     def to_network(self, *, T: int | None = None, metadata: dict | None = None) -> Network:
         """The spec of this model (eval semantics: batch norm folded with running statistics)."""
+        self.method.refresh()  # e.g. thresholds back within their bounds after an optimiser step
         projections = [self.input_layer.export("in", INPUT, _pop(0), feedback=False)]
         n = len(self.ring)
         for i, layer in enumerate(self.ring):
             src, dst = self._ring_ends(i)
-            projections.append(layer.export(_ring_name(i, n), src, dst, feedback=i == n - 1))
+            q = layer.export(_ring_name(i, n), src, dst, feedback=i == n - 1)
+            value = self.method.spike_value(src)
+            projections.append(q if value is None else replace(q, weight=q.weight * value))
+        readout_w = self.classifier.weight.detach().clone()
+        value = self.method.spike_value(self.readout_population)
+        if value is not None:
+            readout_w = readout_w * value
         net = Network(
             input=InputEncoding(self.input_kind, self.input_shape),
             populations=self.populations(),
             projections=projections,
-            readout=Readout(self.readout_population, self.classifier.weight.detach().clone(),
+            readout=Readout(self.readout_population, readout_w,
                             self.classifier.bias.detach().clone()),
             T=T or self.T,
             labels=list(self.labels),
-            metadata={"model": self.name, "timing": self.timing, **(metadata or {})},
+            metadata={"model": self.name, "timing": self.timing, "method": self.method.name,
+                      **(metadata or {})},
         )
         net.validate()
         return net
-
-
-def _detached(c: Circuit) -> Circuit:
-    projections = [Projection(q.name, q.source, q.target, q.kind, q.weight.detach(),
-                              None if q.bias is None else q.bias.detach(), q.stride, q.padding,
-                              q.output_padding, q.delay, q.feedback) for q in c.projections]
-    return Circuit(c.populations, projections, {k: v.detach() for k, v in c.const.items()},
-                   c.masks)

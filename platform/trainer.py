@@ -17,6 +17,7 @@ from torch import nn
 
 from fsnn.platform.config import Config
 from fsnn.platform.ide import AdjointConfig
+from fsnn.platform.methods import method_from_config
 from fsnn.platform.model import FeedbackSNN
 from fsnn.platform.spec import Neuron
 from fsnn.platform.zoo import build_model
@@ -33,7 +34,7 @@ def model_from_config(cfg: Config, *, num_classes: int, labels: list[str] | None
                        input_shape=input_shape, timing=cfg.timing,
                        adjoint=AdjointConfig(cfg.method.solver, cfg.method.max_iter,
                                              cfg.method.tol),
-                       labels=labels)
+                       labels=labels, method=method_from_config(cfg.method))
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -71,7 +72,7 @@ class EpochStats:
     samples: int
     seconds: float
     rates: dict[str, float]
-    adjoint: dict[str, float]
+    adjoint: dict[str, float]  # the training method's statistics (IDE: adjoint_iterations, ...)
 
     def metrics(self, prefix: str) -> dict[str, float]:
         out = {f"{prefix}_loss": self.loss, f"{prefix}_accuracy": self.accuracy,
@@ -90,10 +91,10 @@ def train_epoch(model: FeedbackSNN, batches: Batches, optimizer: torch.optim.Opt
                 *, on_batch: Callable[[int, float], None] | None = None,
                 ide_model: FeedbackSNN | None = None) -> EpochStats:
     """One pass over ``batches``. ``model`` may be a DDP wrapper; ``ide_model`` is the inner
-    FeedbackSNN whose adjoint statistics and rates are reported (defaults to ``model``)."""
+    FeedbackSNN whose method statistics and rates are reported (defaults to ``model``)."""
     inner = ide_model or model
     model.train()
-    inner.adjoint_log.reset()
+    inner.reset_method_stats()
     loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
     rate_sum: dict[str, float] = {}
     start = time.perf_counter()
@@ -116,7 +117,7 @@ def train_epoch(model: FeedbackSNN, batches: Batches, optimizer: torch.optim.Opt
     seconds = time.perf_counter() - start
     n = max(seen, 1)
     return EpochStats(float(loss_sum) / n, float(correct) / n, seen, seconds,
-                      {k: v / n for k, v in rate_sum.items()}, inner.adjoint_log.summary())
+                      {k: v / n for k, v in rate_sum.items()}, inner.method_stats())
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from fsnn.platform.ide import AdjointConfig
 from fsnn.platform.layers import ProjectionLayer
+from fsnn.platform.methods.base import Method
 from fsnn.platform.model import FeedbackSNN
 from fsnn.platform.spec import InputKind, Neuron, SpecError
 
@@ -80,7 +81,7 @@ ZOO: dict[str, ZooEntry] = {
 def build_model(name: str, *, num_classes: int = 10, T: int = 30, neuron: Neuron | None = None,
                 dropout: float = 0.2, input_shape: tuple[int, ...] | None = None,
                 timing: str = "ide", adjoint: AdjointConfig | None = None,
-                labels: list[str] | None = None) -> FeedbackSNN:
+                labels: list[str] | None = None, method: Method | None = None) -> FeedbackSNN:
     if name not in ZOO:
         raise SpecError(f"model: unknown model {name!r}; known: {', '.join(sorted(ZOO))}")
     entry = ZOO[name]
@@ -88,4 +89,5 @@ def build_model(name: str, *, num_classes: int = 10, T: int = 30, neuron: Neuron
     inp, ring = entry.build(shape, dropout)
     return FeedbackSNN(input_kind=entry.input_kind, input_shape=shape, input_layer=inp,
                        ring=ring, neuron=neuron or Neuron("IF", v_th=2.0), num_classes=num_classes,
-                       T=T, timing=timing, adjoint=adjoint, labels=labels, name=name)
+                       T=T, timing=timing, adjoint=adjoint, labels=labels, name=name,
+                       method=method)

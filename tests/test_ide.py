@@ -103,9 +103,8 @@ def test_forward_value_is_the_simulated_rate() -> None:
     logits = model(x)
     circuit, _, _ = model.prepare(x, 7)
     from fsnn.platform.engine import simulate_circuit
-    from fsnn.platform.model import _detached
     with torch.no_grad():
-        sim = simulate_circuit(_detached(circuit), 7, batch=5)
+        sim = simulate_circuit(circuit.detached(), 7, batch=5)
     assert 0 < float(sim.rates["h0"].mean()) < 1
     expected = model.classifier(sim.rates["h0"].flatten(1))
     torch.testing.assert_close(logits, expected, rtol=0, atol=1e-12)

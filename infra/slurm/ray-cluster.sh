@@ -114,7 +114,8 @@ fsnn_ray_launch() {
             "${step[@]}" "$@" &
             ;;
         local)
-            "$@" &
+            # its own process group, so stopping it also reaches the per-node agents Ray starts
+            setsid "$@" &
             ;;
     esac
     FSNN_RAY_PIDS+=("$!")
@@ -315,5 +316,11 @@ fsnn_ray_stop() {
     wait "${pids[@]}" 2>/dev/null || true
     kill "$watchdog" 2>/dev/null || true
     wait "$watchdog" 2>/dev/null || true
+    if [[ "$FSNN_RAY_LAUNCHER" == local ]]; then
+        # node agents (dashboard, runtime env) can outlive `ray start --block`: end the groups
+        for i in "${pids[@]}"; do
+            kill -KILL -- "-$i" 2>/dev/null || true
+        done
+    fi
     fsnn_ray_log "Ray stopped"
 }

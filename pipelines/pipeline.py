@@ -1,0 +1,144 @@
+"""`fsnn pipeline`: train (Ray Train) -> export the spec -> deploy to every configured backend
+-> a comparison table, in the terminal and as an MLflow artifact.
+
+Runs are linked: a ``pipeline`` run is the parent of the training run, which is the parent of
+each deploy run. A finished training run with the same configuration (hash of the resolved
+config, the ``deploy`` section excluded) and a finished deploy of it with the same backend and
+sample count are reused unless ``force``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fsnn.pipelines.tracking import (
+    check_tracking_uri,
+    client,
+    create_run,
+    resolve_tracking_uri,
+    set_tags,
+)
+from fsnn.platform.config import Config
+
+COLUMNS: list[tuple[str, str, str]] = [
+    # (header, metric, format)
+    ("accuracy", "accuracy", ".4f"),
+    ("agree pred", "agreement_predictions", ".4f"),
+    ("agree spikes", "agreement_counts", ".4f"),
+    ("spikes/sample", "spikes_per_sample", ".0f"),
+    ("syn events/sample", "synaptic_events_per_sample", ".3g"),
+    ("E est 45nm J", "energy_est/cmos45nm_j", ".3g"),
+    ("E est Loihi J", "energy_est/loihi_j", ".3g"),
+    ("E est SpiNNaker J", "energy_est/spinnaker_j", ".3g"),
+    ("E meas CPU J/inf", "energy/cpu_j_per_inference", ".3g"),
+    ("E meas GPU J/inf", "energy/gpu_j_per_inference", ".3g"),
+    ("wall s", "wall_time_s", ".2f"),
+]
+
+
+def config_hash(cfg: Config) -> str:
+    doc = cfg.model_dump(mode="json")
+    doc.pop("deploy", None)
+    doc.pop("name", None)
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class PipelineResult:
+    pipeline_run: str
+    train_run: str
+    deploy_runs: dict[str, str]
+    rows: list[dict[str, Any]]
+    reused: list[str]
+    table: str
+
+
+def _finished(c: Any, filter_string: str) -> Any | None:
+    exp = c.get_experiment_by_name("fsnn")
+    if exp is None:
+        return None
+    runs = c.search_runs([exp.experiment_id], filter_string + " and attributes.status = "
+                         "'FINISHED'", order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    headers = ["backend", *(h for h, _, _ in COLUMNS)]
+    cells = []
+    for r in rows:
+        line = [r["backend"]]
+        for _, key, fmt in COLUMNS:
+            v = r.get(key)
+            line.append("-" if v is None else format(v, fmt))
+        cells.append(line)
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    out = [" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)),
+           "-|-".join("-" * w for w in widths)]
+    out += [" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in cells]
+    return "\n".join(out)
+
+
+def run_pipeline(cfg: Config, *, config_path: str | None = None, force: bool = False,
+                 address: str | None = None, tracking_uri: str | None = None,
+                 storage: str | None = None) -> PipelineResult:
+    from fsnn.backends.base import get_backend
+    from fsnn.pipelines.deploy import run_deploy
+    from fsnn.pipelines.train import TrainOptions, run_train
+
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(uri)
+    for b in cfg.deploy.backends:  # an unknown or uninstallable backend fails before training
+        get_backend(b)
+    key = config_hash(cfg)
+    pipeline_run = create_run(uri, run_name=f"pipeline-{cfg.name}",
+                              params=cfg.model_dump(mode="json"),
+                              tags={"fsnn.kind": "pipeline", "fsnn.config_hash": key})
+    c = client(uri)
+    reused: list[str] = []
+    prev = None if force else _finished(
+        c, f"tags.`fsnn.kind` = 'train' and tags.`fsnn.config_hash` = '{key}'")
+    if prev is not None and "spec" in {a.path for a in c.list_artifacts(prev.info.run_id)}:
+        train_run = prev.info.run_id
+        reused.append("train")
+        print(f"[fsnn] reusing training run {train_run} (same config; --force retrains)")
+    else:
+        out = run_train(cfg, TrainOptions(address=address, tracking_uri=uri, storage=storage,
+                                          config_path=config_path,
+                                          tags={"fsnn.config_hash": key,
+                                                "fsnn.pipeline_run_id": pipeline_run},
+                                          parent_run_id=pipeline_run))
+        train_run = out.run_id
+    rows: list[dict[str, Any]] = []
+    deploy_runs: dict[str, str] = {}
+    for backend in cfg.deploy.backends:
+        done = None if force else _finished(
+            c, f"tags.`fsnn.kind` = 'deploy' and tags.`fsnn.train_run_id` = '{train_run}' "
+               f"and tags.`fsnn.backend` = '{backend}' "
+               f"and params.samples = '{cfg.deploy.samples}'")
+        if done is not None:
+            reused.append(f"deploy:{backend}")
+            run_id, metrics = done.info.run_id, dict(done.data.metrics)
+            print(f"[fsnn] reusing {backend} deploy run {run_id}")
+        else:
+            rep = run_deploy(train_run, backend, samples=cfg.deploy.samples,
+                             workers=cfg.deploy.workers, tracking_uri=uri, address=address,
+                             dataset=cfg.data.name)
+            assert rep.run_id is not None
+            run_id, metrics = rep.run_id, rep.metrics
+        set_tags(c, run_id, {"fsnn.pipeline_run_id": pipeline_run})
+        deploy_runs[backend] = run_id
+        rows.append({"backend": backend, "run_id": run_id, **metrics})
+    table = format_table(rows)
+    set_tags(c, pipeline_run, {"fsnn.train_run_id": train_run,
+                               **{f"fsnn.deploy_run.{b}": r for b, r in deploy_runs.items()}})
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "comparison.md").write_text(table + "\n")
+        (Path(d) / "comparison.json").write_text(json.dumps(rows, indent=2) + "\n")
+        c.log_artifacts(pipeline_run, d)
+    c.set_terminated(pipeline_run, "FINISHED")
+    return PipelineResult(pipeline_run, train_run, deploy_runs, rows, reused, table)

@@ -1,0 +1,395 @@
+"""`fsnn tune CONFIG`: a Ray Tune search over a config's `search:` section, tracked in MLflow.
+
+Every trial trains one process on a sampled config and is an MLflow run nested under the
+search's run (tag ``fsnn.kind=tune``); the search's run gets the best trial's config and spec and
+a plot of accuracy against T and V_th. The experiment lives under ``--storage`` (default ./runs)
+as ``--name`` (default ``tune-<config name>``); ``--resume`` continues an interrupted search
+without re-running the trials that finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fsnn.platform.config import (
+    Config,
+    ConfigError,
+    ParamSpace,
+    SearchConfig,
+    config_doc,
+    load_config,
+)
+
+TUNE_HELP = """\
+The config's `search:` section (see configs/tune-demo.yaml):
+  space:          dotted config path -> one distribution, e.g.
+                    T: {choice: [4, 8, 16, 30]}        vth: {uniform: [0.5, 3.0]}
+                    leak: {choice: [1.0, 0.99, 0.95]}  optim.lr: {loguniform: [1.0e-3, 0.1]}
+                  distributions: choice, grid (every value), uniform, loguniform,
+                  randint [low, high] (both ends included).
+                  A sampled leak sets the neuron: 1.0 -> IF, < 1 -> LIF (so sample leak or
+                  neuron, not both).
+  metric, mode:   what to optimise (default test_accuracy, max); any per-epoch metric a
+                  trial reports: train_loss, train_accuracy, test_loss, test_accuracy,
+                  rate_h0, ..., adjoint_iterations, ...
+  num_samples:    trials (default 8; with grid values: repeats of the whole grid)
+  scheduler:      asha (default; stops weak trials after grace_period epochs, keeps
+                  1/reduction_factor) or none
+  algorithm:      random (default), grid (every combination of discrete values) or optuna
+  max_concurrent: trials at once (default: as many as the resources allow)
+  resources:      {cpus: 1, gpus: 0} per trial; each trial trains one process
+                  (train.num_workers is for `fsnn train` and is ignored here)
+
+Resuming: an interrupted search (Ctrl+C, a lost driver) keeps its state under
+STORAGE/NAME; `fsnn tune CONFIG --resume` with the same config continues it: finished trials
+are kept, unfinished ones continue from their last epoch's checkpoint, and the remaining
+samples are drawn. Without --resume an existing search of that name is an error."""
+
+DEFAULT_STORAGE = "runs"
+
+
+class TuneSetupError(RuntimeError):
+    """The search cannot start as configured; the message names the field."""
+
+
+@dataclass
+class TuneOptions:
+    address: str | None = None
+    tracking_uri: str | None = None
+    storage: str | None = None
+    name: str | None = None
+    resume: bool = False
+    config_path: str | None = None
+
+
+@dataclass
+class TuneOutcome:
+    parent_run_id: str
+    tracking_uri: str
+    experiment_path: str
+    rows: list[Any]
+    expected: int
+    interrupted: bool
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = "Ray Tune search over a config's `search:` section, tracked in MLflow."
+    p.epilog = TUNE_HELP
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("config", help="YAML config with a `search:` section (configs/tune-demo.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set search.num_samples=16 (repeatable)")
+    p.add_argument("--address", default=None,
+                   help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
+                        "(default: start a local Ray)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                        "sqlite:///mlflow.db)")
+    p.add_argument("--storage", default=None,
+                   help="where the search's state and checkpoints go: a shared path or URI "
+                        "(default: $FSNN_STORAGE or ./runs)")
+    p.add_argument("--name", default=None,
+                   help="experiment name under --storage (default: tune-<config name>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted search STORAGE/NAME (same config)")
+
+
+def _storage(path: str | None) -> str:
+    s = path or os.environ.get("FSNN_STORAGE") or DEFAULT_STORAGE
+    return s if "://" in s else str(Path(s).resolve())
+
+
+def _config_sha(cfg: Config) -> str:
+    doc = json.dumps(config_doc(cfg), sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+def check_metric(cfg: Config) -> None:
+    from fsnn.pipelines.training import reported_metrics
+
+    assert cfg.search is not None
+    known = reported_metrics(cfg)
+    if cfg.search.metric not in known:
+        raise TuneSetupError(f"search.metric: no trial reports {cfg.search.metric!r}; trials "
+                             f"report {', '.join(known)}")
+
+
+def check_trial_resources(search: SearchConfig) -> None:
+    import ray
+
+    res = ray.cluster_resources()
+    have = {"cpus": res.get("CPU", 0.0), "gpus": res.get("GPU", 0.0)}
+    for name, need in (("cpus", search.resources.cpus), ("gpus", search.resources.gpus)):
+        if need > have[name]:
+            raise TuneSetupError(f"search.resources.{name}: a trial asks for {need:g} "
+                                 f"{name.upper()[:-1]}s; the Ray cluster has {have[name]:g}. "
+                                 f"Lower it or add nodes")
+
+
+def _grid_values(dim: ParamSpace, algorithm: str) -> list[Any] | None:
+    """The values a grid dimension enumerates; None for a sampled one."""
+    if dim.kind == "grid" or (algorithm == "grid" and dim.discrete):
+        if dim.kind == "randint":
+            lo, hi = dim.bounds
+            return list(range(int(lo), int(hi) + 1))
+        return dim.candidates()
+    return None
+
+
+def expected_trials(search: SearchConfig) -> int:
+    """Trials the search runs: num_samples, times the size of the grid."""
+    grid = 1
+    for dim in search.space.values():
+        grid *= len(_grid_values(dim, search.algorithm) or [None])
+    return search.num_samples * grid
+
+
+def param_space(search: SearchConfig) -> dict[str, Any]:
+    """The `search.space` as Tune's param_space (dotted config paths as keys)."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for key, dim in search.space.items():
+        values = _grid_values(dim, search.algorithm)
+        if values is not None:
+            out[key] = tune.grid_search(values)
+        elif dim.kind == "choice":
+            out[key] = tune.choice(dim.candidates())
+        else:
+            lo, hi = dim.bounds
+            out[key] = (tune.uniform(lo, hi) if dim.kind == "uniform" else
+                        tune.loguniform(lo, hi) if dim.kind == "loguniform" else
+                        tune.randint(int(lo), int(hi) + 1))
+    return out
+
+
+def _search_alg(search: SearchConfig) -> Any:
+    if search.algorithm == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+
+            return OptunaSearch(seed=search.seed)
+        except (ImportError, AssertionError):
+            raise TuneSetupError("search.algorithm: optuna is not installed (pip install "
+                                 "optuna; the fsnn[ray] extra has it)") from None
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=search.seed)
+
+
+def _scheduler(cfg: Config) -> Any:
+    assert cfg.search is not None
+    if cfg.search.scheduler == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
+                         grace_period=min(cfg.search.grace_period, cfg.train.epochs),
+                         reduction_factor=cfg.search.reduction_factor)
+
+
+def _find_parent(uri: str, experiment_path: str) -> Any | None:
+    from fsnn.pipelines.tracking import EXPERIMENT, client
+
+    c = client(uri)
+    exp = c.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        return None
+    runs = c.search_runs([exp.experiment_id], filter_string=(
+        f"tags.`fsnn.kind` = 'tune' and tags.`fsnn.experiment_path` = '{experiment_path}'"),
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def _parent_run(cfg: Config, opts: TuneOptions, uri: str, experiment_path: str) -> str:
+    import ray
+
+    from fsnn.pipelines.tracking import client, create_run
+
+    sha = _config_sha(cfg)
+    if opts.resume:
+        run = _find_parent(uri, experiment_path)
+        if run is None:
+            raise TuneSetupError(f"--resume: no `fsnn tune` run in {uri} started the search at "
+                                 f"{experiment_path}; pass the --tracking-uri it started with")
+        if run.data.tags.get("fsnn.config_sha") != sha:
+            raise TuneSetupError(f"--resume: the config differs from the one the search at "
+                                 f"{experiment_path} started with (MLflow run "
+                                 f"{run.info.run_id}, artifact config.yaml); resume with that "
+                                 f"config or start another search with --name")
+        client(uri).update_run(run.info.run_id, status="RUNNING")
+        return str(run.info.run_id)
+    assert cfg.search is not None
+    run_id = create_run(uri, run_name=f"{cfg.name}-tune", params=cfg.model_dump(mode="json"),
+                        tags={"fsnn.kind": "tune", "fsnn.model": cfg.model,
+                              "fsnn.experiment_path": experiment_path, "fsnn.config_sha": sha,
+                              "fsnn.config_path": str(opts.config_path or ""),
+                              "ray.version": ray.__version__,
+                              "fsnn.search_algorithm": cfg.search.algorithm,
+                              "fsnn.search_scheduler": cfg.search.scheduler})
+    from tempfile import TemporaryDirectory
+
+    from fsnn.platform.config import dump_config
+
+    with TemporaryDirectory() as d:
+        (Path(d) / "config.yaml").write_text(dump_config(cfg))
+        client(uri).log_artifact(run_id, str(Path(d) / "config.yaml"))
+    return run_id
+
+
+def _prepare(cfg: Config, opts: TuneOptions) -> tuple[str, str, str]:
+    """Everything checkable before Ray starts; returns (tracking uri, storage, experiment path)."""
+    from ray.tune import Tuner
+
+    from fsnn.pipelines.tracking import check_tracking_uri, resolve_tracking_uri
+
+    check_metric(cfg)
+    uri = resolve_tracking_uri(opts.tracking_uri)
+    check_tracking_uri(uri)
+    storage = _storage(opts.storage)
+    name = opts.name or f"tune-{cfg.name}"
+    path = f"{storage.rstrip('/')}/{name}"
+    exists = Tuner.can_restore(path)
+    if opts.resume and not exists:
+        raise TuneSetupError(f"--resume: no search to continue at {path} (check --storage "
+                             f"and --name)")
+    if exists and not opts.resume:
+        raise TuneSetupError(f"a search named {name!r} already exists at {path}; pass --resume "
+                             f"to continue it or --name to start another")
+    return uri, storage, path
+
+
+def run_tune(cfg: Config, opts: TuneOptions) -> TuneOutcome:
+    if cfg.search is None:
+        raise TuneSetupError("search: the config has no `search:` section (the space to "
+                             "search); see configs/tune-demo.yaml")
+    search = cfg.search
+    uri, storage, path = _prepare(cfg, opts)
+    if cfg.data.root:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(
+            update={"root": str(Path(cfg.data.root).resolve())})})
+    if opts.address is None:
+        from fsnn.platform.data import fetch_dataset
+
+        fetch_dataset(cfg.data.name, Path(cfg.data.root) if cfg.data.root else None)
+    from fsnn.pipelines.raycluster import connect
+
+    connect(opts.address)
+    check_trial_resources(search)
+    parent = _parent_run(cfg, opts, uri, path)
+    print(f"[fsnn] search {path}: MLflow run {parent} ({uri})", flush=True)
+    results = _fit(cfg, opts, uri, storage, path, parent)
+    return _finish(cfg, uri, path, parent, results)
+
+
+def _fit(cfg: Config, opts: TuneOptions, uri: str, storage: str, path: str,
+         parent: str) -> Any:
+    # a checkpoint per epoch with num_to_keep forces a state snapshot each time (what makes
+    # --resume exact); Tune warns about that on every fast epoch
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    from ray import tune
+
+    from fsnn.pipelines.tune_report import trial_dirname
+    from fsnn.pipelines.tune_trial import TrialRuns, run_trial
+
+    search = cfg.search
+    assert search is not None
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=config_doc(cfg), parent_run_id=parent,
+                             tracking_uri=uri, threads=search.resources.cpus,
+                             use_gpu=search.resources.gpus > 0),
+        {"cpu": search.resources.cpus, "gpu": search.resources.gpus})
+    if opts.resume:
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space(search),
+            tune_config=tune.TuneConfig(
+                metric=search.metric, mode=search.mode, search_alg=_search_alg(search),
+                scheduler=_scheduler(cfg), num_samples=search.num_samples,
+                max_concurrent_trials=search.max_concurrent, reuse_actors=True,
+                trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(
+                name=path.rsplit("/", 1)[1], storage_path=storage, verbose=1,
+                callbacks=[TrialRuns(uri, parent, cfg.train.epochs)],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures)))
+    return tuner.fit()
+
+
+def _finish(cfg: Config, uri: str, path: str, parent: str, results: Any) -> TuneOutcome:
+    from fsnn.pipelines.tracking import client
+    from fsnn.pipelines.tune_report import collect, log_search, rank
+    from fsnn.pipelines.tune_trial import trial_runs
+
+    assert cfg.search is not None
+    c = client(uri)
+    nested = trial_runs(c, parent)
+    rows = rank(collect(results, nested), cfg.search.metric, cfg.search.mode)
+    expected = expected_trials(cfg.search)
+    # Tune marks the trials an interruption stopped TERMINATED too; TrialRuns closed the runs of
+    # the trials that really ended (finished, stopped by ASHA, or failed)
+    status = {r.info.run_id: r.info.status for r in nested}
+    ended = [row for row in rows
+             if row.error is not None or status.get(row.run_id or "") in ("FINISHED", "FAILED")]
+    interrupted = len(ended) < max(expected, len(rows))
+    log_search(c, parent, cfg, rows)
+    if interrupted:
+        for run in nested:
+            if run.info.status == "RUNNING":
+                c.set_terminated(run.info.run_id, "KILLED")
+    status = "KILLED" if interrupted else ("FAILED" if results.num_terminated == 0
+                                           else "FINISHED")
+    c.set_terminated(parent, status)
+    return TuneOutcome(parent, uri, path, rows, expected, interrupted)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from fsnn.pipelines.cli import CLIError
+    from fsnn.pipelines.raycluster import RayConnectError
+    from fsnn.pipelines.tracking import TrackingError
+    from fsnn.pipelines.tune_report import print_table
+    from fsnn.platform.data import DataError
+
+    try:
+        cfg = load_config(args.config, list(args.set))
+        opts = TuneOptions(address=args.address, tracking_uri=args.tracking_uri,
+                           storage=args.storage, name=args.name, resume=args.resume,
+                           config_path=args.config)
+        out = run_tune(cfg, opts)
+    except (ConfigError, TuneSetupError, RayConnectError, TrackingError, DataError) as exc:
+        raise CLIError(str(exc)) from None
+    assert cfg.search is not None
+    metric = cfg.search.metric
+    print_table(out.rows, metric, list(cfg.search.space),
+                f"{len(out.rows)} trials, ranked by {metric} ({cfg.search.mode})")
+    best = next((r for r in out.rows if r.metrics.get(metric) is not None), None)
+    if best is not None:
+        print(f"[fsnn] best trial {best.trial_id}: {metric} "
+              f"{float(best.metrics[metric]):.4f} (MLflow run {best.run_id}) with "
+              f"{json.dumps(best.params, sort_keys=True)}")
+    print(f"[fsnn] search run {out.parent_run_id}: best_config.yaml, spec/, plots/tune.png   "
+          f"MLflow UI: mlflow ui --backend-store-uri {out.tracking_uri}")
+    failed = [r for r in out.rows if r.error is not None]
+    if failed:
+        print(f"[fsnn] {len(failed)} trial(s) failed: "
+              + ", ".join(f"{r.trial_id} ({r.error})" for r in failed)
+              + f"; their tracebacks: {out.experiment_path}/trial_*/error.txt", flush=True)
+    if out.interrupted:
+        done = sum(1 for r in out.rows if r.error is None and r.epochs > 0)
+        print(f"[fsnn] interrupted with {done} of {out.expected} trials reported; continue "
+              f"with `fsnn tune {args.config} --resume`"
+              + (f" --name {args.name}" if args.name else ""), flush=True)
+        return 130
+    if best is None or math.isnan(float(best.metrics[metric])):
+        print("[fsnn] no trial finished an epoch", flush=True)
+        return 1
+    return 0

@@ -1,0 +1,67 @@
+"""The interface every training method implements.
+
+A method turns a circuit (built by the model with live, differentiable weights) into the
+populations' rates **with the method's gradient attached**. The rates' *value* is always what the
+spiking simulation computed, so the forward pass is the dynamics the deployment target runs; only
+the backward differs between methods.
+
+Besides :meth:`Method.rates` a method may shape the network it trains:
+
+* :meth:`Method.neuron` – per-population neuron parameters (trained thresholds, an initial
+  membrane potential); they go into the circuit and into the exported spec;
+* :meth:`Method.spike_value` – what one spike of a population is worth downstream (DSR's spikes
+  carry the threshold); outgoing weights and the readout are scaled by it, in the circuit and in
+  the exported spec alike.
+
+Methods are :class:`torch.nn.Module` s so that their parameters (if any) are trained, saved and
+restored with the model.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from fsnn.platform.engine import Circuit
+from fsnn.platform.spec import Neuron
+
+if TYPE_CHECKING:
+    from fsnn.platform.model import FeedbackSNN
+
+
+class Method(nn.Module):
+    """Base class: subclasses implement :meth:`rates`; the other hooks default to no-ops."""
+
+    name: str = "method"
+
+    def attach(self, populations: list[str], neuron: Neuron) -> None:
+        """Called once by the model with its population names and base neuron."""
+
+    def refresh(self) -> None:
+        """Called at the start of every forward pass, before the circuit is built."""
+
+    def neuron(self, population: str, base: Neuron) -> Neuron:
+        """The neuron parameters of ``population`` (default: the model's neuron)."""
+        return base
+
+    def spike_value(self, population: str) -> torch.Tensor | None:
+        """The value one spike of ``population`` carries downstream (None: 1)."""
+        return None
+
+    def rates(self, model: FeedbackSNN, circuit: Circuit, T: int,
+              spike_input: torch.Tensor | None,
+              input_rate: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The simulated rates of every population, with this method's gradient."""
+        raise NotImplementedError
+
+    def stats(self, model: FeedbackSNN) -> dict[str, float]:
+        """Metrics gathered since :meth:`reset_stats` (logged once per epoch)."""
+        return {}
+
+    def reset_stats(self, model: FeedbackSNN) -> None:
+        """Forget the gathered metrics."""
+
+    def extra_repr(self) -> str:
+        return self.name
