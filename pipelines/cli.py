@@ -39,14 +39,19 @@ def _add_common_train(p: argparse.ArgumentParser) -> None:
                    help="override a config field, e.g. --set optim.lr=0.1 (repeatable)")
     p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    add_cluster_arguments(p, storage="checkpoint storage: a shared path or URI "
+                                      "(default: ./runs)")
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser, *, storage: str) -> None:
+    """--address, --tracking-uri and --storage, shared by train, tune and pipeline."""
     p.add_argument("--address", default=None,
                    help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
                         "(default: start a local Ray)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                         "sqlite:///mlflow.db)")
-    p.add_argument("--storage", default=None,
-                   help="checkpoint storage: a shared path or URI (default: ./runs)")
+    p.add_argument("--storage", default=None, help=storage)
 
 
 def _load(args: argparse.Namespace) -> Config:

@@ -86,15 +86,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config with a `search:` section (configs/tune-demo.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set search.num_samples=16 (repeatable)")
-    p.add_argument("--address", default=None,
-                   help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
-                        "(default: start a local Ray)")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
-                        "sqlite:///mlflow.db)")
-    p.add_argument("--storage", default=None,
-                   help="where the search's state and checkpoints go: a shared path or URI "
-                        "(default: $FSNN_STORAGE or ./runs)")
+    from fsnn.pipelines.cli import add_cluster_arguments
+
+    add_cluster_arguments(p, storage="where the search's state and checkpoints go: a shared "
+                                     "path or URI (default: $FSNN_STORAGE or ./runs)")
     p.add_argument("--name", default=None,
                    help="experiment name under --storage (default: tune-<config name>)")
     p.add_argument("--resume", action="store_true",
