@@ -183,6 +183,12 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
         if spike_input.shape[0] < T:
             raise SpecError(f"input: spike trains have {spike_input.shape[0]} steps, T is {T}")
         input_counts = spike_input[:T].sum(0)
+    # where in a source's history (newest first) the spikes of d steps ago are: the list already
+    # holds this step's spikes only if the source updates before the target (list order)
+    order = {p.name: i for i, p in enumerate(circuit.populations)}
+    offsets = {q.name: delays[q.name] - 1 if q.source != INPUT
+               and order[q.source] >= order[q.target] else delays[q.name]
+               for q in circuit.projections}
     start_acc: dict[str, torch.Tensor] = {}
     for t in range(T):
         if t == window_start:
@@ -197,9 +203,7 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
                 if d == 0:
                     src = history[q.source][0]
                 elif t - d >= 0:
-                    # the source's list already holds this step's spikes only if it updated first
-                    offset = d - 1 if _not_yet_updated(q.source, p.name, circuit) else d
-                    src = history[q.source][offset]
+                    src = history[q.source][offsets[q.name]]
                 else:
                     continue
                 out = apply_projection(q, src, p.shape)
@@ -241,13 +245,6 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
                      else None,
                      input_counts=input_counts, window_rates=window)
 
-
-def _not_yet_updated(source: str, target: str, circuit: Circuit) -> bool:
-    """True when ``source`` updates after ``target`` within a step (list order)."""
-    if source == INPUT:
-        return False
-    names = [p.name for p in circuit.populations]
-    return names.index(source) >= names.index(target)
 
 
 def simulate(net: Network, x: torch.Tensor, *, T: int | None = None, timing: str = "ide",

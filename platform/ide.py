@@ -45,32 +45,60 @@ class AdjointLog:
         }
 
 
+JTProduct = Callable[[torch.Tensor], torch.Tensor]
+AdjointSolve = Callable[[JTProduct, torch.Tensor], torch.Tensor]
+"""``solve(jt, dL/da) -> g`` with ``g = J^T g + dL/da``; ``jt(v)`` is the product ``J^T v``."""
+
+
 class _Adjoint(torch.autograd.Function):
     """Identity forward; the backward replaces the incoming gradient by the adjoint solution."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, state: torch.Tensor,  # type: ignore[override]
-                frozen_map: Callable[[torch.Tensor], torch.Tensor], cfg: AdjointConfig,
-                log: AdjointLog) -> torch.Tensor:
+                frozen_map: Callable[[torch.Tensor], torch.Tensor],
+                adjoint_solve: AdjointSolve) -> torch.Tensor:
         ctx.save_for_backward(state)
-        ctx.frozen_map, ctx.cfg, ctx.log = frozen_map, cfg, log
+        ctx.frozen_map, ctx.adjoint_solve = frozen_map, adjoint_solve
         return z.clone()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         (state,) = ctx.saved_tensors
-        cfg: AdjointConfig = ctx.cfg
         with torch.enable_grad():
             a = state.detach().requires_grad_(True)
             y = ctx.frozen_map(a)
 
-        def G(g: torch.Tensor) -> torch.Tensor:
-            (jt,) = torch.autograd.grad(y, a, g, retain_graph=True)
-            return jt + grad
+        def jt(v: torch.Tensor) -> torch.Tensor:
+            (out,) = torch.autograd.grad(y, a, v, retain_graph=True)
+            return out
 
-        g, stats = solve(cfg.method, G, grad, max_iter=cfg.max_iter, tol=cfg.tol)
-        ctx.log.solves.append(stats)
-        return g.detach(), None, None, None, None
+        return ctx.adjoint_solve(jt, grad).detach(), None, None, None
+
+
+def adjoint_solver(cfg: AdjointConfig, log: AdjointLog) -> AdjointSolve:
+    """Broyden or fixed-point iterations on g = J^T g + dL/da, each solve recorded in ``log``."""
+    def run(jt: JTProduct, grad: torch.Tensor) -> torch.Tensor:
+        g, stats = solve(cfg.method, lambda v: jt(v) + grad, grad, max_iter=cfg.max_iter,
+                         tol=cfg.tol)
+        log.solves.append(stats)
+        return g
+    return run
+
+
+def attach_implicit_gradient(point: torch.Tensor,
+                             live_map: Callable[[torch.Tensor], torch.Tensor],
+                             frozen_map: Callable[[torch.Tensor], torch.Tensor],
+                             adjoint_solve: AdjointSolve,
+                             value: torch.Tensor | None = None) -> torch.Tensor:
+    """A tensor with the value ``value`` (default ``point``) whose gradient is the implicit one
+    at ``point``: through ``live_map`` (the equilibrium map with the parameters' graph) after
+    ``adjoint_solve``, which uses vector-Jacobian products of ``frozen_map`` (parameters
+    detached) w.r.t. the state."""
+    point = point.detach()
+    z = live_map(point)
+    target = point if value is None else value.detach()
+    z = z + (target - z).detach()
+    return _Adjoint.apply(z, point, frozen_map, adjoint_solve)
 
 
 def implicit_equilibrium(state: torch.Tensor, live_map: Callable[[torch.Tensor], torch.Tensor],
@@ -78,12 +106,7 @@ def implicit_equilibrium(state: torch.Tensor, live_map: Callable[[torch.Tensor],
                          cfg: AdjointConfig, log: AdjointLog) -> torch.Tensor:
     """Attach the implicit gradient to equilibrium rates computed without a graph.
 
-    ``state``: ``[B, N]`` rates from the forward simulation. ``live_map``: the equilibrium map with
-    the parameters' graph; ``frozen_map``: the same map with parameters detached (used only for
-    vector-Jacobian products w.r.t. the state). The returned tensor has the value of ``state``
-    (so the forward is exactly what the simulation computed) and IDE gradients.
+    ``state``: ``[B, N]`` rates from the forward simulation; the returned tensor has exactly
+    that value (the forward is what the simulation computed) and IDE gradients.
     """
-    state = state.detach()
-    z = live_map(state)
-    z = z + (state - z).detach()
-    return _Adjoint.apply(z, state, frozen_map, cfg, log)
+    return attach_implicit_gradient(state, live_map, frozen_map, adjoint_solver(cfg, log))

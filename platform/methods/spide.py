@@ -36,11 +36,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from fsnn.platform.engine import Circuit, simulate_circuit
+from fsnn.platform.ide import JTProduct, attach_implicit_gradient
 from fsnn.platform.methods.base import Method
 from fsnn.platform.spec import Neuron, SpecError
 
@@ -94,35 +95,6 @@ def spiking_adjoint(jt: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
     return beta * scale, SpikeSolveStats(rate, float(residual))
 
 
-class _SpikingAdjoint(torch.autograd.Function):
-    """Identity forward; the backward replaces the gradient by the spike-based adjoint."""
-
-    @staticmethod
-    def forward(ctx: Any, z: torch.Tensor, state: torch.Tensor,  # type: ignore[override]
-                frozen_map: Callable[[torch.Tensor], torch.Tensor], method: SPIDEMethod
-                ) -> torch.Tensor:
-        ctx.save_for_backward(state)
-        ctx.frozen_map, ctx.method = frozen_map, method
-        return z.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
-        (state,) = ctx.saved_tensors
-        m: SPIDEMethod = ctx.method
-        with torch.enable_grad():
-            a = state.detach().requires_grad_(True)
-            y = ctx.frozen_map(a)
-
-        def jt(s: torch.Tensor) -> torch.Tensor:
-            (out,) = torch.autograd.grad(y, a, s, retain_graph=True)
-            return out
-
-        g, stats = spiking_adjoint(jt, grad, steps=m.backward_T, vth=m.backward_vth,
-                                   warmup=m.backward_warmup)
-        m.log.solves.append(stats)
-        return g.detach(), None, None, None
-
-
 class SPIDEMethod(Method):
     name = "spide"
 
@@ -163,10 +135,16 @@ class SPIDEMethod(Method):
                         input_rate: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Rates with the value ``value`` and the spike-based implicit gradient at ``point``."""
         live, frozen = model.rate_maps(circuit, input_rate)
-        state = model.flatten_rates(point).detach()
-        z = live(state)
-        z = z + (model.flatten_rates(value).detach() - z).detach()
-        return model.unflatten_rates(_SpikingAdjoint.apply(z, state, frozen, self))
+
+        def spiking_solve(jt: JTProduct, grad: torch.Tensor) -> torch.Tensor:
+            g, stats = spiking_adjoint(jt, grad, steps=self.backward_T, vth=self.backward_vth,
+                                       warmup=self.backward_warmup)
+            self.log.solves.append(stats)
+            return g
+
+        return model.unflatten_rates(attach_implicit_gradient(
+            model.flatten_rates(point), live, frozen, spiking_solve,
+            value=model.flatten_rates(value)))
 
     def stats(self, model: FeedbackSNN) -> dict[str, float]:
         return self.log.summary()
