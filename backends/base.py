@@ -46,6 +46,11 @@ class Backend(Protocol):
     def build(self, net: Network) -> None:
         """Check the spec can be expressed (else BackendError naming the population); build."""
 
+    def update(self, net: Network) -> bool:
+        """Load new values of the built spec (weights, biases, readout) for the next runs: in
+        place where the simulator allows it (True), else by building ``net`` anew (False).
+        Hardware-in-the-loop training calls it after every optimiser step."""
+
     def run(self, x: torch.Tensor) -> BatchResult:
         """Run a batch: ``[B, *input.shape]`` (analog) or ``[B, T, *input.shape]`` (spikes)."""
 

@@ -1,9 +1,12 @@
-"""Expand spec projections into explicit synapse lists (pre index, post index, weight).
+"""Expand spec projections into explicit synapse lists (pre index, post index, weight, index).
 
 Simulators such as NEST have no convolution connection rule, so a ``conv`` or ``conv_transpose``
 projection becomes one synapse per (output position, input channel, kernel offset). Indices are
 the C-order flat indices of the source and target shapes (``tensor.flatten()``), the same order
 the torch engine uses. Zero weights make no synapse, as in :func:`fsnn.backends.base.fan_out`.
+Each synapse also carries the flat index of its weight in ``q.weight.flatten()``, so a new weight
+tensor with the same nonzero pattern maps onto the synapses already built
+(``weight == q.weight.flatten()[index]``).
 
 Everything is vectorised numpy: the only Python loop is over kernel offsets (one chunk each), so
 a 64x64x5x5 feedback conv on 14x14 (20 M synapses) expands in well under a second, chunk by chunk,
@@ -27,6 +30,7 @@ class Synapses:
     pre: np.ndarray  # int64, flat source index
     post: np.ndarray  # int64, flat target index
     weight: np.ndarray  # float64
+    index: np.ndarray  # int64, flat index into q.weight (C order, q.weight's own layout)
 
     def __len__(self) -> int:
         return int(self.pre.size)
@@ -57,8 +61,9 @@ def _dense(w: np.ndarray, rows_per_chunk: int = 4096) -> Iterator[Synapses]:
         block = w[start:start + rows_per_chunk]
         post, pre = np.nonzero(block)
         if post.size:
-            yield Synapses(pre.astype(np.int64), (post + start).astype(np.int64),
-                           block[post, pre])
+            row = (post + start).astype(np.int64)
+            pre = pre.astype(np.int64)
+            yield Synapses(pre, row, block[post, pre], row * w.shape[1] + pre)
 
 
 def _axis(n_out: int, n_in: int, stride: int, padding: int, offset: int,
@@ -80,16 +85,21 @@ def _axis(n_out: int, n_in: int, stride: int, padding: int, offset: int,
 
 def _kernel_chunks(w_oi: np.ndarray, src_shape: tuple[int, ...], tgt_shape: tuple[int, ...],
                    stride: int, padding: int, transpose: bool) -> Iterator[Synapses]:
-    """Shared conv / transposed-conv expansion; ``w_oi`` is ``[out_ch, in_ch, kh, kw]``."""
+    """Shared conv / transposed-conv expansion; ``w_oi`` is ``[out_ch, in_ch, kh, kw]``.
+
+    Weight indices point into the projection's own layout: ``[out, in, kh, kw]`` for a conv,
+    ``[in, out, kh, kw]`` for a transposed conv (``w_oi`` is then its transpose).
+    """
     c_in, h_in, w_in = src_shape
     c_out, h_out, w_out = tgt_shape
     if w_oi.shape[:2] != (c_out, c_in):
         raise SpecError(f"conv weight {w_oi.shape} does not fit {src_shape} -> {tgt_shape}")
-    for a in range(w_oi.shape[2]):
+    k_h, k_w = w_oi.shape[2], w_oi.shape[3]
+    for a in range(k_h):
         oy, iy = _axis(h_out, h_in, stride, padding, a, transpose)
         if not oy.size:
             continue
-        for b in range(w_oi.shape[3]):
+        for b in range(k_w):
             ox, ix = _axis(w_out, w_in, stride, padding, b, transpose)
             if not ox.size:
                 continue
@@ -101,7 +111,10 @@ def _kernel_chunks(w_oi: np.ndarray, src_shape: tuple[int, ...], tgt_shape: tupl
             pre = (ci[:, None] * (h_in * w_in) + pre_xy[None, :]).ravel()
             post = (co[:, None] * (h_out * w_out) + post_xy[None, :]).ravel()
             weight = np.repeat(w_oi[co, ci, a, b], pre_xy.size)
-            yield Synapses(pre.astype(np.int64), post.astype(np.int64), weight)
+            co, ci = co.astype(np.int64), ci.astype(np.int64)
+            channel = ci * c_out + co if transpose else co * c_in + ci
+            index = np.repeat((channel * k_h + a) * k_w + b, pre_xy.size)
+            yield Synapses(pre.astype(np.int64), post.astype(np.int64), weight, index)
 
 
 def _conv(w: np.ndarray, src_shape: tuple[int, ...], tgt_shape: tuple[int, ...], stride: int,

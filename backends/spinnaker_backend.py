@@ -136,6 +136,16 @@ class SpinnakerBackend:
                 self.capacity = self._map_only(report)
                 log.info("%s", self.capacity.table())
 
+    def probe(self) -> None:
+        """Raise BackendError unless sPyNNaker imports and the board (or spalloc) answers."""
+        load_simulator()
+        probe(self.machine, self.probe_timeout)
+
+    def update(self, net: Network) -> bool:
+        """sPyNNaker loads weights with the application: a new spec means a new load."""
+        self.build(net)
+        return False
+
     def run(self, x: torch.Tensor) -> BatchResult:
         if self.net is None or self._sim is None or self._session is None:
             raise BackendError("build() a spec before run()")

@@ -74,6 +74,11 @@ class SpinnakerEmulatedBackend:
         self.plan = plan_network(net, if_model=self.if_model, if_leak=self.if_leak)
         self.net = net.to(torch.float64)
 
+    def update(self, net: Network) -> bool:
+        """Re-plan (the fixed-point shifts follow the new weights); nothing else to rebuild."""
+        self.build(net)
+        return True
+
     def run(self, x: torch.Tensor) -> BatchResult:
         if self.net is None or self.plan is None:
             raise BackendError("build() a spec before run()")

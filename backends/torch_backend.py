@@ -28,6 +28,11 @@ class TorchBackend:
         net.validate()
         self.net = net.to(self.dtype, self.device)
 
+    def update(self, net: Network) -> bool:
+        """Nothing to rebuild: the engine reads the new tensors directly."""
+        self.build(net)
+        return True
+
     def run(self, x: torch.Tensor) -> BatchResult:
         if self.net is None:
             raise RuntimeError("build() a spec before run()")

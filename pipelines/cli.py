@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from collections.abc import Callable, Sequence
 
-from fsnn.platform.config import Config, ConfigError, load_config
+from fsnn.platform.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+)
 
 COMMANDS = ("train", "tune", "deploy", "pipeline", "export", "data")
 
@@ -33,8 +40,13 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_common_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML config (see configs/)")
+def _add_common_train(p: argparse.ArgumentParser, *, config_optional: bool = False) -> None:
+    if config_optional:
+        p.add_argument("config", nargs="?", default=None,
+                       help="YAML config (see configs/); with --init: default the config the "
+                            "run was trained with")
+    else:
+        p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set optim.lr=0.1 (repeatable)")
     p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers")
@@ -54,20 +66,65 @@ def add_cluster_arguments(p: argparse.ArgumentParser, *, storage: str) -> None:
     p.add_argument("--storage", default=None, help=storage)
 
 
-def _load(args: argparse.Namespace) -> Config:
+SIMULATORS = ("torch", "nest", "spinnaker-emulated", "spinnaker")
+
+
+def _load(args: argparse.Namespace, base: dict | None = None) -> Config:
+    """The config file (or ``base``, a saved config document) with the command line's
+    overrides; ``--forward SIM`` also turns dropout off unless ``--set dropout=`` says."""
     overrides = list(args.set)
     if args.num_workers is not None:
         overrides.append(f"train.num_workers={args.num_workers}")
     if args.gpu:
         overrides.append("train.use_gpu=true")
+    forward = getattr(args, "forward", None)
+    if forward is not None:
+        overrides.append(f"forward={forward}")
+        given = [o.strip() for o in args.set]
+        if forward != "engine" and not any(o.startswith("dropout=") for o in given):
+            overrides.append("dropout=0")
+            print(f"[fsnn] --forward {forward}: dropout 0 (the simulator runs the spec, which "
+                  f"has no dropout masks)", file=sys.stderr)
+        # a saved config (--init) lists target_eval off; a file that leaves it out gets the
+        # config's default with a simulator forward (every epoch, on that simulator)
+        if forward != "engine" and base is not None and args.config is None \
+                and not any(o.startswith(("target_eval.every=", "target_eval.backends="))
+                            for o in given) \
+                and not base.get("target_eval", {}).get("every"):
+            overrides += ["target_eval.every=1", f"target_eval.backends=[{forward}]"]
     try:
+        if base is not None and args.config is None:
+            return config_from_dict(apply_overrides(copy.deepcopy(base), overrides))
         return load_config(args.config, overrides)
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
 
 
+def _init_config(args: argparse.Namespace) -> dict | None:
+    """The config document saved with ``--init``'s checkpoint (used when no CONFIG is given)."""
+    if args.config is not None:
+        return None
+    if not args.init:
+        raise CLIError("give a CONFIG file, or --init RUN_ID to fine-tune a trained run with "
+                       "the config it was trained with")
+    from fsnn.pipelines.tracking import TrackingError, resolve_tracking_uri
+    from fsnn.pipelines.train import locate_checkpoint
+    from fsnn.platform.checkpoint import CheckpointError
+
+    try:
+        _, _, meta = locate_checkpoint(args.init, resolve_tracking_uri(args.tracking_uri),
+                                       "--init")
+    except (CheckpointError, TrackingError) as exc:
+        raise CLIError(str(exc)) from None
+    doc = meta.get("config")
+    if not isinstance(doc, dict) or not doc:
+        raise CLIError(f"--init {args.init}: its checkpoint holds no config; pass a CONFIG")
+    return doc
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = _load(args, _init_config(args))
+    from fsnn.backends.base import BackendError
     from fsnn.pipelines.raycluster import RayConnectError
     from fsnn.pipelines.tracking import TrackingError
     from fsnn.pipelines.train import TrainOptions, run_train
@@ -75,10 +132,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from fsnn.platform.data import DataError
 
     opts = TrainOptions(address=args.address, tracking_uri=args.tracking_uri,
-                        storage=args.storage, resume=args.resume, config_path=args.config)
+                        storage=args.storage, resume=args.resume, config_path=args.config,
+                        init=args.init)
+    if args.init and args.resume:
+        raise CLIError("--init starts a new run from trained weights, --resume continues a run; "
+                       "give one of them")
     try:
         out = run_train(cfg, opts)
-    except (RayConnectError, TrackingError, CheckpointError, DataError, RuntimeError) as exc:
+    except (RayConnectError, TrackingError, CheckpointError, DataError, BackendError,
+            RuntimeError) as exc:
         raise CLIError(str(exc)) from None
     m = out.metrics
     print(f"[fsnn] run {out.run_id}: test accuracy {m.get('test_accuracy', float('nan')):.4f} "
@@ -98,10 +160,13 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
     if args.samples <= 0 or args.workers <= 0:
         raise CLIError("--samples and --workers must be positive")
+    options = _backend_options(args.option)
     try:
         rep = run_deploy(args.source, args.backend, samples=args.samples, workers=args.workers,
                          tracking_uri=args.tracking_uri, address=args.address,
-                         dataset=args.data)
+                         dataset=args.data, options=options)
+    except TypeError as exc:  # an option the backend's constructor does not take
+        raise CLIError(f"--option: {exc}") from None
     except (BackendError, DeployError, TrackingError, RayConnectError, DataError) as exc:
         raise CLIError(str(exc)) from None
     m = rep.metrics
@@ -115,6 +180,19 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     if rep.run_id:
         print(f"[fsnn] MLflow run {rep.run_id}")
     return 0
+
+
+def _backend_options(items: list[str]) -> dict[str, object]:
+    """``--option KEY=VALUE`` (repeatable) as constructor options; values parsed as YAML."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--option {item!r}: expected KEY=VALUE, e.g. --option quantize=false")
+        out[key.strip()] = yaml.safe_load(value) if value else ""
+    return out
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
@@ -153,9 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("train", help="train a model with Ray Train (IDE by default)")
-    _add_common_train(p)
+    _add_common_train(p, config_optional=True)
     p.add_argument("--resume", default=None, metavar="PATH|RUN_ID",
                    help="continue from a checkpoint directory or an MLflow run's last checkpoint")
+    p.add_argument("--init", default=None, metavar="RUN_ID|PATH",
+                   help="fine-tune: start a new run from a trained run's weights (fresh "
+                        "optimiser and schedule)")
+    p.add_argument("--forward", default=None, choices=("engine", *SIMULATORS),
+                   help="where training's forward rates come from: engine (default) or a "
+                        "simulator (hardware in the loop; implies dropout 0)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("tune", help="Ray Tune search over T, V_th, leak, learning rate, ...")
@@ -173,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1,
                    help="simulator instances (Ray actors) to shard the samples over")
     p.add_argument("--data", default=None, help="data set (default: the one the spec names)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a backend constructor option, e.g. --option host=10.0.0.2 (spinnaker) "
+                        "or --option quantize=false (spinnaker-emulated); repeatable")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
     p.add_argument("--address", default=None, help="Ray cluster address (with --workers > 1)")
     p.set_defaults(func=_cmd_deploy)

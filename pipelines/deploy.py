@@ -103,9 +103,9 @@ def _chunks(n: int, size: int) -> list[tuple[int, int]]:
 
 def evaluate(net: Network, backend: str, x: torch.Tensor, *, workers: int = 1,
              chunk: int = 25, options: dict[str, Any] | None = None,
-             progress: bool = True) -> tuple[list[ShardOutput], float]:
-    """Run ``x`` through ``backend`` on ``workers`` simulator instances; returns shards in order
-    and the mean build time."""
+             progress: bool = True, remote: bool = False) -> tuple[list[ShardOutput], float]:
+    """Run ``x`` through ``backend`` on ``workers`` simulator instances (Ray actors when more
+    than one, or ``remote``); returns shards in order and the mean build time."""
     from fsnn.platform.spec import network_to_json
 
     doc = network_to_json(net)
@@ -116,7 +116,7 @@ def evaluate(net: Network, backend: str, x: torch.Tensor, *, workers: int = 1,
 
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"{backend}: samples", total=x.shape[0])
-        if workers <= 1:
+        if workers <= 1 and not remote:
             ev = Evaluator(backend, doc, tensors, options)
             for s, e in spans:
                 outs.append(ev.run(s, x[s:e].numpy()))

@@ -127,7 +127,8 @@ def run_pipeline(cfg: Config, *, config_path: str | None = None, force: bool = F
         else:
             rep = run_deploy(train_run, backend, samples=cfg.deploy.samples,
                              workers=cfg.deploy.workers, tracking_uri=uri, address=address,
-                             dataset=cfg.data.name)
+                             dataset=cfg.data.name,
+                             options=dict(cfg.backend_options.get(backend, {})))
             assert rep.run_id is not None
             run_id, metrics = rep.run_id, rep.metrics
         set_tags(c, run_id, {"fsnn.pipeline_run_id": pipeline_run})

@@ -51,11 +51,16 @@ def connect(address: str | None, *, num_cpus: int | None = None, timeout: float 
         raise RayConnectError(f"could not join the Ray cluster at {address!r}: {exc}") from None
 
 
-def check_resources(num_workers: int, cpus_per_worker: float, use_gpu: bool) -> None:
+def check_resources(num_workers: int, cpus_per_worker: float, use_gpu: bool, *,
+                    total: float | None = None, what: str = "") -> None:
+    """Fail unless the cluster has the CPUs (``total``, default workers x CPUs) and GPUs."""
     import ray
 
     res = ray.cluster_resources()
     cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
+    if total is not None and total > cpus and total > num_workers * cpus_per_worker:
+        raise RayConnectError(f"this run needs {total:g} CPUs; the Ray cluster has {cpus:g}"
+                              f"{what}")
     if num_workers * cpus_per_worker > cpus:
         raise RayConnectError(f"{num_workers} workers x {cpus_per_worker:g} CPU need "
                               f"{num_workers * cpus_per_worker:g} CPUs; the Ray cluster has "

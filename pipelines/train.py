@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fsnn.pipelines.hil import cpus_needed
 from fsnn.pipelines.raycluster import check_resources, connect
 from fsnn.pipelines.tracking import (
     TrackingError,
@@ -31,6 +32,7 @@ class TrainOptions:
     config_path: str | None = None
     tags: dict[str, str] | None = None  # extra tags on the training run (e.g. the pipeline's)
     parent_run_id: str | None = None
+    init: str | None = None  # fine-tune: the weights of this run (id) or checkpoint (path)
 
 
 @dataclass
@@ -58,7 +60,37 @@ def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 def find_resume(resume: str, cfg: Config, uri: str) -> tuple[str, Path]:
     """(run id, checkpoint dir) for --resume PATH|RUN_ID; errors before anything is written."""
-    path = Path(resume)
+    run_id, path, meta = locate_checkpoint(resume, uri, "--resume")
+    saved_model = meta.get("config", {}).get("model")
+    if saved_model != cfg.model:
+        raise CheckpointError(f"{path}: a checkpoint of model {saved_model!r}, the config asks for "
+                              f"{cfg.model!r}; resume with the config it was trained with")
+    return run_id, path
+
+
+def find_init(init: str, cfg: Config, uri: str) -> tuple[str, Path]:
+    """(run id, checkpoint dir) of the trained run ``--init PATH|RUN_ID`` fine-tunes; its
+    weights must fit the model ``cfg`` builds (checked here, before anything is written)."""
+    from fsnn.platform.checkpoint import load_checkpoint
+    from fsnn.platform.data import DATASETS
+    from fsnn.platform.trainer import model_from_config
+
+    run_id, path, _ = locate_checkpoint(init, uri, "--init")
+    model = model_from_config(cfg, num_classes=DATASETS[cfg.data.name].num_classes)
+    try:
+        model.load_state_dict(load_checkpoint(path).model)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1:2] or [str(exc)]
+        raise CheckpointError(f"--init {init}: its weights do not fit model {cfg.model!r} with "
+                              f"this config ({first[0].strip()}); fine-tune with the model, "
+                              f"data set and neuron the run was trained with") from None
+    return run_id, path
+
+
+def locate_checkpoint(ref: str, uri: str, flag: str) -> tuple[str, Path, dict[str, Any]]:
+    """(run id, newest checkpoint dir, its metadata) for a checkpoint path or an MLflow run."""
+    path = Path(ref)
+    resume = ref
     if path.exists():
         if not (path / "fsnn-checkpoint.json").exists() and path.is_dir():
             ckpts = _checkpoints(path)
@@ -73,7 +105,7 @@ def find_resume(resume: str, cfg: Config, uri: str) -> tuple[str, Path]:
         try:
             run = c.get_run(resume)
         except Exception as exc:
-            raise CheckpointError(f"--resume {resume!r}: neither a checkpoint path nor an MLflow "
+            raise CheckpointError(f"{flag} {resume!r}: neither a checkpoint path nor an MLflow "
                                   f"run id in {uri} ({type(exc).__name__})") from None
         run_dir = run.data.tags.get("fsnn.run_dir")
         ckpts = _checkpoints(Path(run_dir)) if run_dir else []
@@ -81,11 +113,33 @@ def find_resume(resume: str, cfg: Config, uri: str) -> tuple[str, Path]:
             raise CheckpointError(f"run {resume} has no checkpoint under {run_dir!r}")
         run_id, path = resume, ckpts[-1][1]
         meta = read_meta(path)
-    saved_model = meta.get("config", {}).get("model")
-    if saved_model != cfg.model:
-        raise CheckpointError(f"{path}: a checkpoint of model {saved_model!r}, the config asks for "
-                              f"{cfg.model!r}; resume with the config it was trained with")
-    return run_id, path
+    return run_id, path, meta
+
+
+def check_simulators(cfg: Config, init: Path | None) -> None:
+    """Before Ray starts: every backend the run uses (forward, target_eval) can run the model
+    (options, expressible, fits the machine, simulator installed, board reachable)."""
+    from fsnn.pipelines.hil import preflight, simulator_backends
+
+    if not simulator_backends(cfg):
+        return
+    from fsnn.platform.checkpoint import load_checkpoint
+    from fsnn.platform.data import DATASETS
+    from fsnn.platform.trainer import model_from_config
+
+    info = DATASETS[cfg.data.name]
+    model = model_from_config(cfg, num_classes=info.num_classes, labels=list(info.classes))
+    if init is not None:
+        model.load_state_dict(load_checkpoint(init).model)
+    preflight(cfg, model.eval().to_network())
+
+
+def _what(cfg: Config) -> str:
+    if cfg.forward == "engine":
+        return ""
+    return (f" (with forward: {cfg.forward}, each training worker also starts {cfg.hil.workers} "
+            f"simulator actor(s) of {cfg.hil.cpus_per_worker:g} CPU: lower hil.workers or "
+            f"hil.cpus_per_worker)")
 
 
 def run_train(cfg: Config, opts: TrainOptions) -> TrainOutcome:
@@ -101,13 +155,18 @@ def run_train(cfg: Config, opts: TrainOptions) -> TrainOutcome:
     run_id: str | None = None
     if opts.resume:
         run_id, resume_ckpt = find_resume(opts.resume, cfg, uri)
+    init: tuple[str, Path] | None = None
+    if opts.init and not opts.resume:
+        init = find_init(opts.init, cfg, uri)
+    check_simulators(cfg, init[1] if init else None)
     if opts.address is None:
         from fsnn.platform.data import fetch_dataset
 
         fetch_dataset(cfg.data.name, Path(cfg.data.root) if cfg.data.root else None)
     connect(opts.address)
     cpus_per_worker = 1.0
-    check_resources(cfg.train.num_workers, cpus_per_worker, cfg.train.use_gpu)
+    check_resources(cfg.train.num_workers, cpus_per_worker, cfg.train.use_gpu,
+                    total=cpus_needed(cfg), what=_what(cfg))
     storage = _storage(opts.storage)
     doc = cfg.model_dump(mode="json")
     if run_id is None:
@@ -115,7 +174,10 @@ def run_train(cfg: Config, opts: TrainOptions) -> TrainOutcome:
             "fsnn.kind": "train", "fsnn.model": cfg.model, "ray.version": ray.__version__,
             "ray.num_workers": str(cfg.train.num_workers),
             "ray.use_gpu": str(cfg.train.use_gpu),
-            "fsnn.config_path": str(opts.config_path or ""), **(opts.tags or {}),
+            "fsnn.config_path": str(opts.config_path or ""), "fsnn.forward": cfg.forward,
+            **({"fsnn.init_run_id": init[0], "fsnn.init_checkpoint": str(init[1])}
+               if init else {}),
+            **(opts.tags or {}),
         }, parent_run_id=opts.parent_run_id)
         c = client(uri)
         with tempfile.TemporaryDirectory() as d:
@@ -131,7 +193,8 @@ def run_train(cfg: Config, opts: TrainOptions) -> TrainOutcome:
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": doc, "run_id": run_id, "tracking_uri": uri,
-                           "threads": cpus_per_worker, "run_dir": run_dir},
+                           "threads": cpus_per_worker, "run_dir": run_dir,
+                           "init": str(init[1]) if init else None},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cpus_per_worker}),

@@ -89,6 +89,17 @@ def train_loop(loop: dict[str, Any]) -> None:
         optimizer.load_state_dict(state.optimizer)
         scheduler.load_state_dict(state.scheduler)
         start, history = state.epoch, state.history
+    elif loop.get("init"):  # fine-tuning: the weights of a trained run, a fresh optimiser
+        model.load_state_dict(load_checkpoint(loop["init"]).model)
+    from fsnn.pipelines.hil import (
+        due,
+        evaluate_targets,
+        open_forward,
+        target_data,
+        train_epoch_in_loop,
+    )
+
+    pool = open_forward(cfg, model)  # hardware in the loop: the forward on a simulator
     ddp = ray.train.torch.prepare_model(model)
     c = None
     if rank == 0:
@@ -109,14 +120,28 @@ def train_loop(loop: dict[str, Any]) -> None:
                         cpu=ctx.get_local_rank() == 0)
     if c is not None:
         set_tags(c, run_id, {f"fsnn.absent.{k}": v for k, v in meter.reasons.items()})
+    targets = None
     for epoch in range(start, cfg.train.epochs):
         train_loader.set_epoch(epoch)
         meter.start()
-        tr = train_epoch(ddp, train_loader, optimizer, scheduler, device, ide_model=model)
+        retries = 0
+        if pool is not None and world == 1:  # a dead simulator worker: retry the epoch here
+            tr, retries = train_epoch_in_loop(model, train_loader, optimizer, scheduler, device,
+                                              pool, retries=cfg.hil.retries)
+        else:  # with several ranks a dead worker fails the rank: Ray Train restarts the group
+            tr = train_epoch(ddp, train_loader, optimizer, scheduler, device, ide_model=model)
         energy = meter.stop()
         _sync_buffers(model, world)
         te = evaluate(model, test_loader, device)
         metrics = epoch_metrics(tr, te, optimizer.param_groups[0]["lr"], world, energy)
+        if pool is not None:
+            metrics.update(pool.take_stats().metrics())
+            metrics["hil/epoch_retries"] = float(retries)
+        if rank == 0 and due(cfg, epoch):
+            net = model.to_network()
+            if targets is None:
+                targets = target_data(cfg, net)
+            metrics.update(evaluate_targets(cfg, net, *targets, pool=pool))
         history.append({"epoch": float(epoch), **metrics})
         ckpt_obj = None
         tmp = None
@@ -133,10 +158,14 @@ def train_loop(loop: dict[str, Any]) -> None:
         if rank == 0:
             assert c is not None
             log_epoch(c, run_id, metrics, epoch)
+            on_targets = "".join(f"  {k.split('/')[1]} {v:.4f}" for k, v in metrics.items()
+                                 if k.startswith("target/") and k.endswith("/accuracy"))
             print(f"[fsnn] epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics['train_loss']:.4f}"
                   f"  train {metrics['train_accuracy']:.4f}  test {metrics['test_accuracy']:.4f}"
-                  f"  {metrics['images_per_s']:.0f} img/s  adjoint iters "
+                  f"{on_targets}  {metrics['images_per_s']:.0f} img/s  adjoint iters "
                   f"{metrics.get('adjoint_iterations', 0):.1f}", flush=True)
+    if pool is not None:
+        pool.close()
     if rank == 0:
         assert c is not None
         log_final_artifacts(c, run_id, model, cfg.data.name, history, setup.sample)

@@ -266,6 +266,11 @@ def run_tune(cfg: Config, opts: TuneOptions) -> TuneOutcome:
         raise TuneSetupError("search: the config has no `search:` section (the space to "
                              "search); see configs/tune-demo.yaml")
     search = cfg.search
+    if cfg.forward != "engine" or cfg.target_eval.every > 0:
+        raise TuneSetupError(f"forward: {cfg.forward} / target_eval: a search trains every trial "
+                             f"with the engine; search with forward: engine and target_eval.every"
+                             f": 0, then fine-tune the best trial with the target in the loop "
+                             f"(fsnn train --init RUN_ID --forward SIM)")
     uri, storage, path = _prepare(cfg, opts)
     if cfg.data.root:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(

@@ -203,13 +203,40 @@ class SearchConfig(_Strict):
         return self
 
 
+BackendName = Literal["torch", "nest", "spinnaker-emulated", "spinnaker"]
+FORWARDS = ("engine", "torch", "nest", "spinnaker-emulated", "spinnaker")
+
+
 class DeployConfig(_Strict):
     """What `fsnn pipeline` deploys the trained spec to (and `fsnn deploy`'s defaults)."""
 
-    backends: list[Literal["torch", "nest", "spinnaker-emulated", "spinnaker"]] = Field(
-        default_factory=lambda: ["torch", "nest"])
+    backends: list[BackendName] = Field(default_factory=lambda: ["torch", "nest"])
     samples: int = Field(300, gt=0, description="test samples per backend")
     workers: int = Field(1, gt=0, description="simulator instances (Ray actors) per backend")
+
+
+class HILConfig(_Strict):
+    """Hardware in the loop: the simulator actors that produce training's forward rates."""
+
+    workers: int = Field(1, gt=0, description="simulator instances (Ray actors) per training "
+                         "worker; each batch is split across them")
+    cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs each simulator actor "
+                                   "reserves")
+    retries: int = Field(2, ge=0, description="times an epoch is retried after a simulator "
+                         "worker died (Ray restarts the worker)")
+
+
+class TargetEvalConfig(_Strict):
+    """In-training evaluation: every K epochs the current spec runs on these backends."""
+
+    every: int = Field(0, ge=0, description="epochs between evaluations (0: off; with a "
+                       "simulator forward and no backends given: 1, on that simulator)")
+    backends: list[BackendName] = Field(default_factory=list)
+    samples: int = Field(500, gt=0, description="test samples per backend")
+    workers: int = Field(1, gt=0, description="simulator instances (Ray actors) per backend")
+
+
+Scalars = dict[str, bool | int | float | str]
 
 
 class Config(_Strict):
@@ -228,6 +255,14 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     search: SearchConfig | None = Field(None, description="the space of `fsnn tune`")
     deploy: DeployConfig = Field(default_factory=lambda: DeployConfig())
+    forward: Literal["engine", "torch", "nest", "spinnaker-emulated", "spinnaker"] = Field(
+        "engine", description="where training's forward rates come from: engine (the batched "
+        "torch engine, with dropout and batch statistics) or a backend (hardware in the loop)")
+    hil: HILConfig = Field(default_factory=lambda: HILConfig())
+    target_eval: TargetEvalConfig = Field(default_factory=lambda: TargetEvalConfig())
+    backend_options: dict[BackendName, Scalars] = Field(
+        default_factory=dict, description="constructor options per backend, e.g. "
+        "spinnaker: {host: 10.0.0.2} (used by forward, target_eval and deploy)")
 
     @model_validator(mode="after")
     def _leak(self) -> Config:
@@ -244,12 +279,34 @@ class Config(_Strict):
             raise ValueError(f"model: unknown model {self.model!r}; known: {known}")
         if self.search is not None:
             _check_space(self)
+        _check_forward(self)
         return self
 
     @property
     def leak_value(self) -> float:
         assert self.leak is not None
         return self.leak
+
+
+def _check_forward(cfg: Config) -> None:
+    """A simulator forward needs IDE and the spec's semantics (no dropout); it turns the
+    in-training evaluation on (every epoch, on that simulator) unless it was configured."""
+    if cfg.forward != "engine":
+        where = f"forward: {cfg.forward}"
+        if cfg.method.name != "ide":
+            raise ValueError(f"{where} needs method ide (only the forward's rates reach the "
+                             f"implicit backward; {cfg.method.name} differentiates through the "
+                             f"simulation); set method.name: ide or forward: engine")
+        if cfg.dropout != 0.0:
+            raise ValueError(f"dropout: must be 0 with {where} (the simulator runs the spec, "
+                             f"which has no dropout masks); set dropout: 0")
+        te = cfg.target_eval
+        if te.every == 0 and not te.backends and "target_eval" not in cfg.model_fields_set:
+            object.__setattr__(te, "every", 1)
+            object.__setattr__(te, "backends", [cfg.forward])
+    if cfg.target_eval.every > 0 and not cfg.target_eval.backends:
+        raise ValueError("target_eval.backends: empty; name the backends to evaluate on every "
+                         f"{cfg.target_eval.every} epochs (e.g. [nest]) or set every: 0")
 
 
 def _leaf_paths(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:

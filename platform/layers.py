@@ -126,8 +126,18 @@ class ProjectionLayer(nn.Module):
             w = w * scale.view(-1, *([1] * (w.dim() - 1)))
         return w, b
 
+    @property
+    def batch_statistics(self) -> bool:
+        """Whether batch norm normalises with the batch's statistics (training, not frozen)."""
+        return self.bn is not None and self.bn.training
+
     def current(self, x: torch.Tensor) -> torch.Tensor:
-        """The layer's output on a constant input, batch norm with batch statistics in training."""
+        """The layer's output on a constant input: batch norm with batch statistics in training;
+        otherwise the folded weight and bias, the very numbers the exported spec holds."""
+        if not self.batch_statistics:
+            w, b = self.folded()
+            out = self.linear(x, w)
+            return out if b is None else out + self._channel(b)
         out = self.linear(x, self.raw_weight())
         if self.bias is not None:
             out = out + self._channel(self.bias)
@@ -141,7 +151,7 @@ class ProjectionLayer(nn.Module):
     @torch.no_grad()
     def update_bn(self, x: torch.Tensor) -> None:
         """Update batch-norm running statistics from this layer's input ``x`` (ring layers)."""
-        if self.bn is None or not self.training:
+        if self.bn is None or not self.batch_statistics:
             return
         out = self.linear(x, self.raw_weight())
         if self.bias is not None:

@@ -35,6 +35,9 @@ from fsnn.platform.spec import (
     SpecError,
 )
 
+RateSource = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+"""``source(x) -> rates``: every population's rates ``[B, *shape]`` for a batch ``x``."""
+
 
 def _pop(i: int) -> str:
     return f"h{i}"
@@ -78,6 +81,40 @@ class FeedbackSNN(nn.Module):
         self.last_rates: dict[str, float] = {}
         self.method: Method = method if method is not None else IDEMethod()
         self.method.attach([_pop(i) for i in range(len(self.shapes))], neuron)
+        self.bn_frozen = False
+        self.rate_source: RateSource | None = None
+
+    # -- hardware in the loop -------------------------------------------------------------------
+    def freeze_bn(self) -> FeedbackSNN:
+        """Batch norm normalises with its running statistics from now on (also in training) and
+        stops updating them: the circuit then is exactly the exported spec's."""
+        self.bn_frozen = True
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> FeedbackSNN:
+        super().train(mode)
+        if self.bn_frozen:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def set_rate_source(self, source: RateSource | None) -> None:
+        """Take training's forward rates from ``source(x)`` (e.g. a simulator) instead of the
+        engine; the method's backward (IDE) solves the adjoint at those rates.
+
+        ``source`` receives the batch as given to :meth:`forward` and returns every population's
+        rates ``[B, *shape]``; it is called after the circuit is prepared, so a spec exported
+        inside it (:meth:`to_network`) holds the weights the backward differentiates."""
+        if source is not None:
+            if not self.method.external_forward:
+                raise SpecError(f"method {self.method.name}: its backward needs the engine's "
+                                f"simulation; only IDE takes rates from another forward")
+            if not self.bn_frozen and any(layer.bn is not None
+                                          for layer in [self.input_layer, *self.ring]):
+                raise SpecError("a model with batch norm must freeze_bn() before taking rates "
+                                "from a simulator (it runs the folded spec)")
+        self.rate_source = source
 
     # -- structure ------------------------------------------------------------------------------
     @property
@@ -206,11 +243,19 @@ class FeedbackSNN(nn.Module):
         """Class scores: ``x`` is ``[B, *input_shape]`` (analog) or ``[B, T, *shape]`` (spikes).
 
         In training (with grad enabled) the method returns the simulated rates with its gradient
-        attached; otherwise the rates come from a plain simulation.
+        attached (with a rate source: that source's rates with IDE's gradient); otherwise the
+        rates come from a plain simulation.
         """
         T = T or self.T
         circuit, spikes, input_rate = self.prepare(x, T)
-        if self.training and torch.is_grad_enabled():
+        if self.training and torch.is_grad_enabled() and self.rate_source is not None:
+            if circuit.masks:
+                raise SpecError("dropout masks are active, but the simulator forward runs the "
+                                "spec without them; build the model with dropout 0")
+            ref = self.classifier.weight
+            rates = self.implicit(circuit, {k: v.to(ref.device, ref.dtype)
+                                            for k, v in self.rate_source(x).items()}, input_rate)
+        elif self.training and torch.is_grad_enabled():
             rates = self.method.rates(self, circuit, T, spikes, input_rate)
             for i, layer in enumerate(self.ring):
                 layer.update_bn(rates[_pop(i)].detach())

@@ -70,3 +70,19 @@ def test_deploy_errors_are_clear(tmp_path: Path, tracking: str) -> None:
     assert out.returncode == 2 and "has no 'spec' artifact" in out.stderr
     out = _deploy(str(tmp_path / "nowhere"), "--tracking-uri", tracking, cwd=tmp_path)
     assert out.returncode == 2 and "neither a spec directory nor a run" in out.stderr
+
+
+def test_deploy_backend_options(tmp_path: Path, tracking: str) -> None:
+    """--option reaches the backend: the emulated board without fixed point and with the spec's
+    neuron runs the torch engine's arithmetic, so every sample agrees; a wrong option is named."""
+    spec = _spec(tmp_path)
+    out = _deploy(str(spec), "--backend", "spinnaker-emulated", "--samples", "40",
+                  "--option", "quantize=false", "--option", "neuron=spec",
+                  "--tracking-uri", tracking, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "spike counts 1.0000" in out.stdout
+    out = _deploy(str(spec), "--backend", "spinnaker-emulated", "--option", "speed=9",
+                  "--tracking-uri", tracking, cwd=tmp_path)
+    assert out.returncode == 2 and "--option" in out.stderr and "speed" in out.stderr, out.stderr
+    out = _deploy(str(spec), "--option", "novalue", "--tracking-uri", tracking, cwd=tmp_path)
+    assert out.returncode == 2 and "expected KEY=VALUE" in out.stderr

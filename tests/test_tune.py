@@ -162,6 +162,7 @@ def test_bad_search_inputs_fail_before_any_trial(tmp_path: Path, tracking: str,
         (["--set", "search.metric=test_acc"], ["search.metric", "test_acc", "test_accuracy"]),
         (["--set", "search.num_samples=0"], ["search.num_samples"]),
         (["--resume"], ["--resume", "no search to continue"]),
+        (["--set", "forward=nest", "--set", "dropout=0"], ["forward: nest", "--init"]),
     ]
     for extra, needles in cases:  # in this process: each is refused before Ray starts
         assert main([*base, *extra]) == 2, extra

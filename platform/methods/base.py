@@ -35,6 +35,7 @@ class Method(nn.Module):
     """Base class: subclasses implement :meth:`rates`; the other hooks default to no-ops."""
 
     name: str = "method"
+    external_forward: bool = False  # the backward needs only the rates: any forward may give them
 
     def attach(self, populations: list[str], neuron: Neuron) -> None:
         """Called once by the model with its population names and base neuron."""

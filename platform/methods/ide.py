@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 class IDEMethod(Method):
     name = "ide"
+    external_forward = True
 
     def rates(self, model: FeedbackSNN, circuit: Circuit, T: int,
               spike_input: torch.Tensor | None,
