@@ -519,10 +519,20 @@ def _collect(k: _Kernel, tl: Timeline, batch: int
         flat = sample[m] * p.ids.size + index[m]
         size = batch * p.ids.size
         c = np.bincount(flat, minlength=size).astype(np.float64)
-        # the engine accumulates acc = leak * acc + s: weight leak**(T - t) for a step-t spike
-        acc = c if p.leak == 1.0 else np.bincount(
-            flat, weights=p.leak ** (tl.T - step[m]).astype(np.float64), minlength=size)
+        acc = c if p.leak == 1.0 else _leaky_sum(flat, step[m], size, p.leak, tl.T)
         counts[p.name] = torch.from_numpy(c).view(batch, *p.shape)
         rates[p.name] = torch.from_numpy(acc / rate_normaliser(p.leak, tl.T)).view(batch,
                                                                                     *p.shape)
     return counts, rates
+
+
+def _leaky_sum(flat: np.ndarray, step: np.ndarray, size: int, leak: float, T: int
+               ) -> np.ndarray:
+    """``acc = acc * leak + s_t`` over steps 1..T, the torch engine's operations in its order,
+    so the rates are bit for bit the engine's (hardware-in-the-loop gradients depend on them)."""
+    order = np.argsort(step, kind="stable")
+    bounds = np.searchsorted(step[order], np.arange(1, T + 2))
+    acc = np.zeros(size)
+    for t in range(T):
+        acc = acc * leak + np.bincount(flat[order[bounds[t]:bounds[t + 1]]], minlength=size)
+    return acc

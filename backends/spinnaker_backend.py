@@ -137,7 +137,12 @@ class SpinnakerBackend:
                 log.info("%s", self.capacity.table())
 
     def probe(self) -> None:
-        """Raise BackendError unless sPyNNaker imports and the board (or spalloc) answers."""
+        """Raise BackendError unless sPyNNaker imports and the board (or spalloc) answers; a
+        virtual board maps networks but cannot run them, so it fails here too."""
+        if self.machine.virtual:
+            raise BackendError(f"no SpiNNaker machine is named, and a virtual board cannot run "
+                               f"a network ({VIRTUAL_RUN}); set the host (backend option host, "
+                               f"or FSNN_SPINNAKER_HOST / FSNN_SPINNAKER_SPALLOC)")
         load_simulator()
         probe(self.machine, self.probe_timeout)
 

@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from fsnn.backends.base import BackendError, get_backend
 from fsnn.platform.spec import Network, network_from_json, network_to_json
+
+if TYPE_CHECKING:
+    from fsnn.platform.model import FeedbackSNN
 
 
 class ForwardWorkerLost(RuntimeError):
@@ -90,13 +93,12 @@ class PoolStats:
     rebuilds: int = 0
     samples: int = 0
     spikes: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         return {"hil/push_seconds": self.push_seconds, "hil/run_seconds": self.run_seconds,
                 "hil/sim_seconds": self.sim_seconds, "hil/in_place_updates": float(self.in_place),
                 "hil/rebuilds": float(self.rebuilds), "hil/samples": float(self.samples),
-                "hil/spikes_per_sample": self.spikes / max(self.samples, 1), **self.extra}
+                "hil/spikes_per_sample": self.spikes / max(self.samples, 1)}
 
 
 def spec_payload(net: Network) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -211,7 +213,7 @@ class ForwardPool:
         self.actors = []
 
 
-def attach(model: Any, pool: ForwardPool) -> None:
+def attach(model: FeedbackSNN, pool: ForwardPool) -> None:
     """Make ``pool`` the source of ``model``'s training forward: before every batch the current
     spec is pushed (weights after the last optimiser step), then the batch runs on the pool."""
     def source(x: torch.Tensor) -> dict[str, torch.Tensor]:

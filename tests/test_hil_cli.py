@@ -90,6 +90,11 @@ def test_a_forward_that_cannot_run_fails_before_the_first_step(tmp_path: Path,
     assert out.returncode == 2, out.stdout + out.stderr
     assert "forward: spinnaker cannot run this model" in out.stderr and "127.0.0.1" in out.stderr
     assert time.monotonic() - t0 < 60
+    # no board named: a virtual board maps but cannot run
+    out = _fsnn(tmp_path, "train", DEMO, *store, *SMALL, "--forward", "spinnaker",
+                "--set", "name=hil-virtual", timeout=120,
+                env={"FSNN_SPINNAKER_HOST": "", "FSNN_SPINNAKER_SPALLOC": ""})
+    assert out.returncode == 2 and "virtual board cannot run" in out.stderr, out.stderr
     # NEST missing: a `nest` that cannot be imported
     fake = tmp_path / "fake"
     (fake / "nest").mkdir(parents=True)
@@ -109,5 +114,5 @@ def test_a_forward_that_cannot_run_fails_before_the_first_step(tmp_path: Path,
     assert out.returncode == 2 and "hil.workers" in out.stderr, out.stderr
     _, runs = _run(tracking, "hil-board")
     assert not runs, "nothing was logged"
-    for name in ("hil-nonest", "hil-badopt"):
+    for name in ("hil-virtual", "hil-nonest", "hil-badopt"):
         assert not _run(tracking, name)[1]
