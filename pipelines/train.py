@@ -137,8 +137,9 @@ def check_simulators(cfg: Config, init: Path | None) -> None:
 def _what(cfg: Config) -> str:
     if cfg.forward == "engine":
         return ""
-    return (f" (with forward: {cfg.forward}, each training worker also starts {cfg.hil.workers} "
-            f"simulator actor(s) of {cfg.hil.cpus_per_worker:g} CPU: lower hil.workers or "
+    return (f" (with forward: {cfg.forward}, each of the {cfg.train.num_workers} training "
+            f"workers also starts {cfg.hil.workers} simulator actor(s) of "
+            f"{cfg.hil.cpus_per_worker:g} CPU: lower --num-workers, hil.workers or "
             f"hil.cpus_per_worker)")
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,20 @@ def _sync_buffers(model: torch.nn.Module, world: int) -> None:
 
     for b in model.buffers():
         dist.broadcast(b.data, 0)
+
+
+def _progress(cfg: Any, epoch: int, batches: int) -> Callable[[int, float], None]:
+    """Prints a line every ``train.log_every`` batches: batch, loss, images per second."""
+    start = time.perf_counter()
+    every = cfg.train.log_every
+    per_batch = max(1, cfg.data.batch_size)
+
+    def show(i: int, loss: float) -> None:
+        if (i + 1) % every == 0 and i + 1 < batches:
+            rate = (i + 1) * per_batch / max(time.perf_counter() - start, 1e-9)
+            print(f"[fsnn] epoch {epoch + 1}/{cfg.train.epochs}  batch {i + 1}/{batches}  "
+                  f"loss {loss:.4f}  {rate:.0f} img/s", flush=True)
+    return show
 
 
 def train_loop(loop: dict[str, Any]) -> None:
@@ -125,11 +141,13 @@ def train_loop(loop: dict[str, Any]) -> None:
         train_loader.set_epoch(epoch)
         meter.start()
         retries = 0
+        progress = _progress(cfg, epoch, len(train_loader)) if rank == 0 else None
         if pool is not None and world == 1:  # a dead simulator worker: retry the epoch here
             tr, retries = train_epoch_in_loop(model, train_loader, optimizer, scheduler, device,
-                                              pool, retries=cfg.hil.retries)
+                                              pool, retries=cfg.hil.retries, on_batch=progress)
         else:  # with several ranks a dead worker fails the rank: Ray Train restarts the group
-            tr = train_epoch(ddp, train_loader, optimizer, scheduler, device, ide_model=model)
+            tr = train_epoch(ddp, train_loader, optimizer, scheduler, device, ide_model=model,
+                             on_batch=progress)
         energy = meter.stop()
         _sync_buffers(model, world)
         te = evaluate(model, test_loader, device)

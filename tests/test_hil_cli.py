@@ -51,9 +51,10 @@ def test_fine_tune_with_nest_in_the_loop(tmp_path: Path, tracking: str) -> None:
                   "--set", "name=hil-tuned", "--set", "train.epochs=1",
                   "--set", "data.train_limit=256", "--set", "data.test_limit=300",
                   "--set", "target_eval.samples=120", "--set", "optim.lr=0.01",
-                  "--num-workers", "1")
+                  "--set", "train.log_every=2", "--num-workers", "1")
     assert tuned.returncode == 0, tuned.stdout[-3000:] + tuned.stderr[-3000:]
     assert "dropout 0" in tuned.stderr
+    assert "batch 2/4" in tuned.stdout + tuned.stderr  # progress every train.log_every batches
     c, runs = _run(tracking, "hil-tuned")
     assert len(runs) == 1
     run = runs[0]
