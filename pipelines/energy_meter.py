@@ -73,6 +73,7 @@ class EnergyMeter:
     gpus: list[int] | None = None  # NVML indices to read (None: all)
     cpu: bool = True
     rapl_root: Path = POWERCAP
+    shared_reason: str = "CPU energy measured by another worker on this node"  # cpu=False
     reasons: dict[str, str] = field(default_factory=dict)
     _start: dict[str, list[int]] = field(default_factory=dict)
 
@@ -89,7 +90,7 @@ class EnergyMeter:
             if why:
                 self.reasons["energy/cpu_j"] = why
         else:
-            self.reasons["energy/cpu_j"] = "CPU energy measured by another worker on this node"
+            self.reasons["energy/cpu_j"] = self.shared_reason
 
     def _read(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}

@@ -304,7 +304,8 @@ def _fit(cfg: Config, opts: TuneOptions, uri: str, storage: str, path: str,
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=config_doc(cfg), parent_run_id=parent,
                              tracking_uri=uri, threads=search.resources.cpus,
-                             use_gpu=search.resources.gpus > 0),
+                             use_gpu=search.resources.gpus > 0,
+                             exclusive_cpu=search.max_concurrent == 1),
         {"cpu": search.resources.cpus, "gpu": search.resources.gpus})
     if opts.resume:
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,

@@ -50,8 +50,13 @@ def _open_run(uri: str, parent_run_id: str, trial_id: str, cfg: Config,
 
 
 def run_trial(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: str,
-              tracking_uri: str, threads: float, use_gpu: bool) -> None:
-    """The Tune trainable: ``params`` are the sampled dotted paths, ``base`` the search's config."""
+              tracking_uri: str, threads: float, use_gpu: bool,
+              exclusive_cpu: bool = False) -> None:
+    """The Tune trainable: ``params`` are the sampled dotted paths, ``base`` the search's config.
+
+    Measured energy per epoch as in `fsnn train`: the trial's GPU through NVML; the CPU package
+    through RAPL only when trials run one at a time (``exclusive_cpu``), since concurrent
+    trials share the package's counter."""
     cfg = trial_config(config_from_dict(base), params)
     trial_id = tune.get_context().get_trial_id()
     torch.set_num_threads(max(1, int(threads)))
@@ -72,13 +77,22 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: st
     c = client(tracking_uri)
     for row in history:  # epochs checkpointed before an interruption but never logged
         log_epoch(c, run_id, {k: v for k, v in row.items() if k != "epoch"}, int(row["epoch"]))
-    set_tags(c, run_id, {"fsnn.resumed_from_epoch": str(start)})
+    from fsnn.pipelines.energy_meter import EnergyMeter
+
+    meter = EnergyMeter(gpus=[device.index or 0] if device.type == "cuda" else [],
+                        cpu=exclusive_cpu,
+                        shared_reason="trials may run at once and share the CPU package's "
+                                      "counter (set search.max_concurrent: 1 to measure it)")
+    set_tags(c, run_id, {"fsnn.resumed_from_epoch": str(start),
+                         **{f"fsnn.absent.{k}": v for k, v in meter.reasons.items()}})
     doc = config_doc(cfg)
     for epoch in range(start, cfg.train.epochs):
         setup.train_loader.set_epoch(epoch)
+        meter.start()
         tr = train_epoch(model, setup.train_loader, setup.optimizer, setup.scheduler, device)
+        energy = meter.stop()
         te = evaluate(model, setup.test_loader, device)
-        metrics = epoch_metrics(tr, te, setup.optimizer.param_groups[0]["lr"])
+        metrics = epoch_metrics(tr, te, setup.optimizer.param_groups[0]["lr"], energy=energy)
         history.append({"epoch": float(epoch), **metrics})
         log_epoch(c, run_id, metrics, epoch)  # before the report: ASHA may stop us there
         with tempfile.TemporaryDirectory() as d:

@@ -72,6 +72,11 @@ def test_search_logs_parent_and_nested_runs_and_the_best(tmp_path: Path, trackin
         steps = _steps(c, r.info.run_id, "test_accuracy")
         assert steps in ([0], [0, 1]), steps  # ASHA may stop a trial after its first epoch
         assert _steps(c, r.info.run_id, "train_loss") == steps
+        # measured energy: absent with its reason (no GPU here; trials share the CPU package)
+        assert "energy/gpu_j" not in r.data.metrics
+        assert r.data.tags["fsnn.absent.energy/gpu_j"]
+        assert "search.max_concurrent: 1" in r.data.tags["fsnn.absent.energy/cpu_j"]
+        assert "energy/cpu_j" not in r.data.metrics
     finals = {r.info.run_id: r.data.metrics["test_accuracy"] for r in nested}
     best_run = parent.data.tags["fsnn.best_run_id"]
     assert finals[best_run] == max(finals.values())  # ties (200 test images) either way
