@@ -42,7 +42,13 @@ def ray_local() -> Iterator[None]:
 
 def _model(kind: str, *, neuron: Neuron | None = None, T: int = 12,
            dtype: torch.dtype = torch.float32) -> FeedbackSNN:
-    m = small_model(kind, neuron=neuron, T=T).to(dtype)
+    if kind == "spikes":  # the N-MNIST model: spike-train input [B, T, 2, 34, 34]
+        from fsnn.platform.zoo import build_model
+
+        m = build_model("f64c5_nmnist", T=T, dropout=0.0, neuron=neuron or Neuron("IF", 1.0))
+    else:
+        m = small_model(kind, neuron=neuron, T=T)
+    m = m.to(dtype)
     m.timing = "deploy"
     bn = m.input_layer.bn
     assert bn is not None and bn.running_mean is not None and bn.running_var is not None
@@ -64,19 +70,26 @@ def _pool(backend: str, dtype: torch.dtype, workers: int = 1, **kw):
     return ForwardPool(backend, workers=workers, options=options, **kw)
 
 
-@pytest.mark.parametrize("kind", ["dense", "conv"])
+def _batch(model: FeedbackSNN, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if model.input_kind == "spikes":
+        x = (torch.rand(n, model.T, *model.input_shape) < 0.3).float()
+    else:
+        x = torch.rand(n, *model.input_shape) * 2
+    return x, torch.randint(0, 4, (n,))
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv", "spikes"])
 def test_torch_forward_gives_the_engine_gradients_exactly(ray_local: None, kind: str) -> None:
     """forward: torch (the backend, in Ray actors, deployment timing) = the engine's IDE path."""
     from fsnn.pipelines.forward_pool import attach
 
-    engine = _model(kind)
+    engine = _model(kind, T=12 if kind != "spikes" else 4)
     hil = copy.deepcopy(engine)
     pool = _pool("torch", torch.float32, workers=2)  # two shards: the join must keep order
     try:
         attach(hil, pool)
         for step in range(2):  # the second step runs on the weights pushed after the first
-            x = torch.rand(10, *engine.input_shape) * 2
-            y = torch.randint(0, 4, (10,))
+            x, y = _batch(engine, 10)
             want, got = _grads(engine, x, y), _grads(hil, x, y)
             assert want.keys() == got.keys() and len(want) >= 6
             for name in want:
