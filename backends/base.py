@@ -1,7 +1,9 @@
 """The Backend protocol: build a spec, run batches of inputs for T steps, report counts.
 
 Every backend runs the spec in *deployment timing* (each projection acts ``delay`` steps after
-the spike) and returns a :class:`BatchResult`; :func:`get_backend` finds one by name.
+the spike) and returns a :class:`BatchResult`; :func:`get_backend` finds one by name. A backend
+that needs a simulator or a machine also has ``probe()``: raise BackendError unless the simulator
+imports and the machine answers (hardware-in-the-loop training calls it before any step).
 """
 
 from __future__ import annotations
