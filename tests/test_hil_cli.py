@@ -117,3 +117,58 @@ def test_a_forward_that_cannot_run_fails_before_the_first_step(tmp_path: Path,
     assert not runs, "nothing was logged"
     for name in ("hil-virtual", "hil-nonest", "hil-badopt"):
         assert not _run(tracking, name)[1]
+
+
+def test_two_training_workers_restart_from_the_checkpoint_when_a_simulator_dies(
+        tmp_path: Path, tracking: str) -> None:
+    """With several training workers a dead simulator actor fails its rank: Ray Train restarts
+    the group from the last checkpoint and the epoch runs again, in the same MLflow run."""
+    import shutil
+    import signal
+    import tempfile
+
+    from servers import free_port, ray_cmd
+
+    port = free_port()
+    temp = Path(tempfile.mkdtemp(prefix="fsnnhil", dir="/tmp"))  # short socket paths
+    address = f"127.0.0.1:{port}"
+    head = ray_cmd("start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                   "--num-cpus", "4", "--include-dashboard", "false", "--temp-dir", str(temp),
+                   "--disable-usage-stats")
+    assert head.returncode == 0, head.stderr
+    try:
+        proc = subprocess.Popen(
+            [*FSNN, "train", DEMO, "--address", address, "--tracking-uri", tracking,
+             "--storage", str(tmp_path / "storage"), "--forward", "torch",
+             "--set", "name=hil-two", "--set", "train.epochs=3",
+             "--set", "data.train_limit=2400", "--set", "data.test_limit=200",
+             "--set", "data.batch_size=64", "--set", "T=4", "--set", "target_eval.every=0",
+             "--num-workers", "2"],
+            cwd=tmp_path, env={**os.environ, **RAY_TEST_ENV}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        killed = None
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            c, runs = _run(tracking, "hil-two")
+            if runs and c.get_metric_history(runs[0].info.run_id, "test_accuracy"):
+                found = subprocess.run(["pgrep", "-f", "ray::ForwardWorker"],
+                                       capture_output=True, text=True).stdout.split()
+                if found:
+                    killed = int(found[0])
+                    os.kill(killed, signal.SIGKILL)
+                    break
+            time.sleep(0.2)
+        output, _ = proc.communicate(timeout=400)
+    finally:
+        ray_cmd("stop", "--force")
+        shutil.rmtree(temp, ignore_errors=True)
+    assert killed is not None, "training ended before a simulator could be killed:\n" + \
+        output[-3000:]
+    assert proc.returncode == 0, output[-4000:]
+    c, runs = _run(tracking, "hil-two")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    rid = runs[0].info.run_id
+    for key in ("train_loss", "test_accuracy", "hil/samples"):
+        assert [m.step for m in c.get_metric_history(rid, key)] == [0, 1, 2], key
+    assert int(runs[0].data.tags["fsnn.resumed_from_epoch"]) >= 1, output[-6000:]
+    assert "simulator worker died" in output
