@@ -10,6 +10,7 @@ import copy
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -323,3 +324,19 @@ def test_in_training_evaluation_on_backends(ray_local: None) -> None:
     assert 0.0 <= m["target/spinnaker-emulated/accuracy"] <= 1.0
     assert m["target/spinnaker-emulated/agreement_predictions"] > 0.5
     assert {k.split("/")[1] for k in m} == {"nest", "spinnaker-emulated"}
+
+
+def test_train_command_line_checks(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fsnn.pipelines.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["train"]) == 2
+    assert "give a CONFIG file, or --init RUN_ID" in capsys.readouterr().err
+    assert main(["train", "--init", str(tmp_path / "nothing"), "--tracking-uri", uri]) == 2
+    assert "neither a checkpoint path nor an MLflow run id" in capsys.readouterr().err
+    demo = str(Path(__file__).parents[1] / "configs" / "demo.yaml")
+    assert main(["train", demo, "--init", "a", "--resume", "b", "--tracking-uri", uri]) == 2
+    assert "give one of them" in capsys.readouterr().err
+    assert main(["train", demo, "--forward", "nest", "--set", "dropout=0.5",
+                 "--tracking-uri", uri]) == 2
+    assert "dropout: must be 0 with forward: nest" in capsys.readouterr().err
