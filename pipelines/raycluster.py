@@ -33,6 +33,11 @@ def connect(address: str | None, *, num_cpus: int | None = None, timeout: float 
                               "runtime_env": runtime_env}
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is None:
+        # no dashboard, hence no state API: keep Ray Train's placement-group cleaner from
+        # warning about it every second in every local run
+        kwargs["runtime_env"] = {"worker_process_setup_hook":
+                                 "fsnn.pipelines.raycluster.quiet_worker_logs",
+                                 **(runtime_env or {})}
         try:
             ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
         except Exception as exc:
@@ -49,6 +54,15 @@ def connect(address: str | None, *, num_cpus: int | None = None, timeout: float 
         ray.init(address=address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RayConnectError(f"could not join the Ray cluster at {address!r}: {exc}") from None
+
+
+def quiet_worker_logs() -> None:
+    """Ray worker setup hook (local Ray without a dashboard): silence the warnings of loggers
+    that poll the state API, which only the dashboard serves."""
+    import logging
+
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner"
+                      ).setLevel(logging.ERROR)
 
 
 def check_resources(num_workers: int, cpus_per_worker: float, use_gpu: bool, *,

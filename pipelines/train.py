@@ -191,6 +191,9 @@ def run_train(cfg: Config, opts: TrainOptions) -> TrainOutcome:
     run_dir = f"{storage.rstrip('/')}/{name}"
     c.set_tag(run_id, "fsnn.run_dir", run_dir)
     print(f"[fsnn] MLflow run {run_id} ({uri})", flush=True)
+    # Train V2 patches print() in workers to log through its logger *and* tee to the redirected
+    # stdout: every progress line would reach the driver twice
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": doc, "run_id": run_id, "tracking_uri": uri,
