@@ -147,7 +147,8 @@ class SpinnakerBackend:
         probe(self.machine, self.probe_timeout)
 
     def update(self, net: Network) -> bool:
-        """sPyNNaker loads weights with the application: a new spec means a new load."""
+        """Builds anew: sPyNNaker loads weights with the application and cannot change them
+        in place (its ``Projection.set`` raises NotImplementedError in 1!7.4.1)."""
         self.build(net)
         return False
 
