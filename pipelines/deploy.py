@@ -183,14 +183,15 @@ def compare(backend: str, outs: list[ShardOutput], y: torch.Tensor,
     return m
 
 
-def load_test_data(net: Network, dataset: str | None, samples: int) -> tuple[torch.Tensor,
-                                                                              torch.Tensor]:
+def load_test_data(net: Network, dataset: str | None, samples: int,
+                   root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     from fsnn.platform.data import load_dataset
 
     name = dataset or net.metadata.get("dataset")
     if not name:
         raise DeployError("the spec does not name its data set; pass --data NAME")
-    x, y = load_dataset(str(name), "test", limit=samples, progress=False)
+    x, y = load_dataset(str(name), "test", Path(root) if root else None, limit=samples,
+                        progress=False)
     x = x.to(torch.float64) if net.input.kind == "analog" else x[:, :net.T].to(torch.float64)
     return x, y
 

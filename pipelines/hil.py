@@ -159,7 +159,7 @@ def evaluate_targets(cfg: Config, net: Network, x: torch.Tensor, y: torch.Tensor
 def target_data(cfg: Config, net: Network) -> tuple[torch.Tensor, torch.Tensor]:
     from fsnn.pipelines.deploy import load_test_data
 
-    return load_test_data(net, cfg.data.name, cfg.target_eval.samples)
+    return load_test_data(net, cfg.data.name, cfg.target_eval.samples, cfg.data.root)
 
 
 def due(cfg: Config, epoch: int) -> bool:
