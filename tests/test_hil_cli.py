@@ -140,8 +140,8 @@ def test_two_training_workers_restart_from_the_checkpoint_when_a_simulator_dies(
         proc = subprocess.Popen(
             [*FSNN, "train", DEMO, "--address", address, "--tracking-uri", tracking,
              "--storage", str(tmp_path / "storage"), "--forward", "torch",
-             "--set", "name=hil-two", "--set", "train.epochs=3",
-             "--set", "data.train_limit=2400", "--set", "data.test_limit=200",
+             "--set", "name=hil-two", "--set", "train.epochs=4",
+             "--set", "data.train_limit=4800", "--set", "data.test_limit=200",
              "--set", "data.batch_size=64", "--set", "T=4", "--set", "target_eval.every=0",
              "--num-workers", "2"],
             cwd=tmp_path, env={**os.environ, **RAY_TEST_ENV}, stdout=subprocess.PIPE,
@@ -169,6 +169,6 @@ def test_two_training_workers_restart_from_the_checkpoint_when_a_simulator_dies(
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     rid = runs[0].info.run_id
     for key in ("train_loss", "test_accuracy", "hil/samples"):
-        assert [m.step for m in c.get_metric_history(rid, key)] == [0, 1, 2], key
+        assert [m.step for m in c.get_metric_history(rid, key)] == [0, 1, 2, 3], key
     assert int(runs[0].data.tags["fsnn.resumed_from_epoch"]) >= 1, output[-6000:]
     assert "simulator worker died" in output
