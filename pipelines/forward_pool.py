@@ -53,6 +53,9 @@ class ForwardWorker:
 
     def __init__(self, backend: str, options: dict[str, Any] | None = None) -> None:
         self.backend = get_backend(backend, **(options or {}))
+        probe = getattr(self.backend, "probe", None)
+        if probe is not None:  # this node has the simulator (and reaches the board)
+            probe()
         self.loaded = False
 
     def pid(self) -> int:
@@ -124,7 +127,13 @@ class ForwardPool:
         self.actors = [remote.remote(backend, options) for _ in range(workers)]
         self.stats = PoolStats()
         self._payload: tuple[dict[str, Any], Any] | None = None
-        self._get([a.pid.remote() for a in self.actors])  # constructed (simulator importable)
+        try:  # constructed: the simulator imports (and the board answers) on the actors' nodes
+            ray.get([a.pid.remote() for a in self.actors])
+        except ray.exceptions.RayActorError as exc:
+            self.close()
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            raise BackendError(f"could not start a {backend} simulator worker: "
+                               f"{lines[-1] if lines else type(exc).__name__}") from None
 
     # -- calls ----------------------------------------------------------------------------------
     def _get(self, refs: list[Any]) -> list[Any]:

@@ -340,3 +340,13 @@ def test_train_command_line_checks(tmp_path, capsys: pytest.CaptureFixture[str])
     assert main(["train", demo, "--forward", "nest", "--set", "dropout=0.5",
                  "--tracking-uri", uri]) == 2
     assert "dropout: must be 0 with forward: nest" in capsys.readouterr().err
+
+
+def test_a_simulator_worker_that_cannot_start_is_named(ray_local: None) -> None:
+    """On the actor's own node: a constructor error (here an unknown option) says what failed."""
+    from fsnn.backends.base import BackendError
+    from fsnn.pipelines.forward_pool import ForwardPool
+
+    with pytest.raises(BackendError, match=r"could not start a nest simulator worker: "
+                                           r"TypeError: .*'bogus'"):
+        ForwardPool("nest", options={"bogus": 1})
