@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from fsnn.platform.config import (
+    FORWARDS,
     Config,
     ConfigError,
     apply_overrides,
@@ -66,9 +67,6 @@ def add_cluster_arguments(p: argparse.ArgumentParser, *, storage: str) -> None:
     p.add_argument("--storage", default=None, help=storage)
 
 
-SIMULATORS = ("torch", "nest", "spinnaker-emulated", "spinnaker")
-
-
 def _load(args: argparse.Namespace, base: dict | None = None) -> Config:
     """The config file (or ``base``, a saved config document) with the command line's
     overrides; ``--forward SIM`` also turns dropout off unless ``--set dropout=`` says."""
@@ -85,13 +83,6 @@ def _load(args: argparse.Namespace, base: dict | None = None) -> Config:
             overrides.append("dropout=0")
             print(f"[fsnn] --forward {forward}: dropout 0 (the simulator runs the spec, which "
                   f"has no dropout masks)", file=sys.stderr)
-        # a saved config (--init) lists target_eval off; a file that leaves it out gets the
-        # config's default with a simulator forward (every epoch, on that simulator)
-        if forward != "engine" and base is not None and args.config is None \
-                and not any(o.startswith(("target_eval.every=", "target_eval.backends="))
-                            for o in given) \
-                and not base.get("target_eval", {}).get("every"):
-            overrides += ["target_eval.every=1", f"target_eval.backends=[{forward}]"]
     try:
         if base is not None and args.config is None:
             return config_from_dict(apply_overrides(copy.deepcopy(base), overrides))
@@ -237,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, metavar="RUN_ID|PATH",
                    help="fine-tune: start a new run from a trained run's weights (fresh "
                         "optimiser and schedule)")
-    p.add_argument("--forward", default=None, choices=("engine", *SIMULATORS),
+    p.add_argument("--forward", default=None, choices=FORWARDS,
                    help="where training's forward rates come from: engine (default) or a "
                         "simulator (hardware in the loop; implies dropout 0)")
     p.set_defaults(func=_cmd_train)

@@ -45,8 +45,9 @@ def backend_options(cfg: Config, backend: str, *, dtype: torch.dtype | None = No
 def simulator_backends(cfg: Config) -> list[str]:
     """The backends a training run of ``cfg`` uses besides the engine, forward first."""
     names = [] if cfg.forward == "engine" else [cfg.forward]
-    if cfg.target_eval.every > 0:
-        names += [b for b in cfg.target_eval.backends if b not in names]
+    every, backends = cfg.target_eval_plan()
+    if every > 0:
+        names += [b for b in backends if b not in names]
     return names
 
 
@@ -67,16 +68,21 @@ def preflight(cfg: Config, net: Network) -> None:
             raise BackendError(f"{where}: {name} cannot run this model: {exc}") from None
 
 
-def cpus_needed(cfg: Config) -> float:
-    """Ray CPUs of a run: a CPU per training worker, its simulator actors, and the actors of
-    the in-training evaluation on backends the forward pool does not serve."""
-    need = float(cfg.train.num_workers)
+def cpu_budget(cfg: Config) -> tuple[float, str]:
+    """Ray CPUs of a run and, where it needs more than a CPU per training worker, why (with what
+    lowers it): the simulator actors of every training worker, and the actors of the in-training
+    evaluation on backends the forward pool does not serve."""
+    need, why = float(cfg.train.num_workers), []
     if cfg.forward != "engine":
         need += cfg.train.num_workers * cfg.hil.workers * cfg.hil.cpus_per_worker
-    extra = [b for b in simulator_backends(cfg) if b != cfg.forward and b != "torch"]
-    if extra:
+        why.append(f"each of the {cfg.train.num_workers} training workers also starts "
+                   f"{cfg.hil.workers} simulator actor(s) of {cfg.hil.cpus_per_worker:g} CPU "
+                   f"(lower --num-workers, hil.workers or hil.cpus_per_worker)")
+    if [b for b in simulator_backends(cfg) if b not in (cfg.forward, "torch")]:
         need += cfg.target_eval.workers
-    return need
+        why.append(f"the in-training evaluation starts {cfg.target_eval.workers} actor(s) of "
+                   f"1 CPU (lower target_eval.workers)")
+    return need, f" ({'; '.join(why)})" if why else ""
 
 
 def open_forward(cfg: Config, model: FeedbackSNN) -> ForwardPool | None:
@@ -93,10 +99,6 @@ def open_forward(cfg: Config, model: FeedbackSNN) -> ForwardPool | None:
     return pool
 
 
-def _snapshot(*objs: Any) -> tuple[list[dict[str, Any]], torch.Tensor]:
-    return [copy.deepcopy(o.state_dict()) for o in objs], torch.get_rng_state()
-
-
 def train_epoch_in_loop(model: FeedbackSNN, batches: Batches, optimizer: torch.optim.Optimizer,
                         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
                         device: torch.device, pool: ForwardPool, *, retries: int,
@@ -108,7 +110,9 @@ def train_epoch_in_loop(model: FeedbackSNN, batches: Batches, optimizer: torch.o
     schedule and torch's random state as they were, ``batches`` iterated again (a loader
     with ``set_epoch`` gives the same order), the restarted worker loaded with the spec."""
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    states, rng = _snapshot(model, optimizer, *([scheduler] if scheduler is not None else []))
+    parts: list[Any] = [model, optimizer, *([scheduler] if scheduler is not None else [])]
+    states = [copy.deepcopy(p.state_dict()) for p in parts]
+    rng = torch.get_rng_state()
     for attempt in range(retries + 1):
         try:
             return train_epoch(model, batches, optimizer, scheduler, device,
@@ -118,7 +122,6 @@ def train_epoch_in_loop(model: FeedbackSNN, batches: Batches, optimizer: torch.o
                 raise ForwardWorkerLost(f"{exc}; the epoch failed {retries + 1} times "
                                         f"(hil.retries={retries})") from exc
             say(f"[fsnn] {exc}: retrying the epoch ({attempt + 1}/{retries})")
-            parts = [model, optimizer, *([scheduler] if scheduler is not None else [])]
             for obj, state in zip(parts, states, strict=True):
                 obj.load_state_dict(copy.deepcopy(state))
             torch.set_rng_state(rng)
@@ -134,7 +137,7 @@ def evaluate_targets(cfg: Config, net: Network, x: torch.Tensor, y: torch.Tensor
 
     reference, _ = evaluate(net, "torch", x, workers=1, progress=False)
     out: dict[str, float] = {}
-    for name in cfg.target_eval.backends:
+    for name in cfg.target_eval_plan()[1]:
         start = time.perf_counter()
         if pool is not None and name == pool.backend:
             training = pool.take_stats()  # the evaluation does not count as training's forward
@@ -164,10 +167,10 @@ def target_data(cfg: Config, net: Network) -> tuple[torch.Tensor, torch.Tensor]:
 
 def due(cfg: Config, epoch: int) -> bool:
     """Whether the in-training evaluation runs after ``epoch`` (0-based)."""
-    every = cfg.target_eval.every
+    every = cfg.target_eval_plan()[0]
     return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == cfg.train.epochs)
 
 
-__all__ = ["ForwardPool", "ForwardWorkerLost", "backend_options", "cpus_needed", "due",
+__all__ = ["ForwardPool", "ForwardWorkerLost", "backend_options", "cpu_budget", "due",
            "evaluate_targets", "open_forward", "preflight", "simulator_backends",
            "target_data", "train_epoch_in_loop"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsnn.pipelines.hil import cpus_needed
+from fsnn.pipelines.hil import cpu_budget
 from fsnn.pipelines.raycluster import check_resources, connect
 from fsnn.pipelines.tracking import (
     TrackingError,
@@ -19,6 +19,7 @@ from fsnn.pipelines.tracking import (
 )
 from fsnn.platform.checkpoint import CheckpointError, read_meta
 from fsnn.platform.config import Config, dump_config
+from fsnn.platform.model import FeedbackSNN
 
 DEFAULT_STORAGE = "runs"
 
@@ -68,15 +69,22 @@ def find_resume(resume: str, cfg: Config, uri: str) -> tuple[str, Path]:
     return run_id, path
 
 
-def find_init(init: str, cfg: Config, uri: str) -> tuple[str, Path]:
-    """(run id, checkpoint dir) of the trained run ``--init PATH|RUN_ID`` fine-tunes; its
-    weights must fit the model ``cfg`` builds (checked here, before anything is written)."""
-    from fsnn.platform.checkpoint import load_checkpoint
+def _model(cfg: Config) -> FeedbackSNN:
     from fsnn.platform.data import DATASETS
     from fsnn.platform.trainer import model_from_config
 
+    info = DATASETS[cfg.data.name]
+    return model_from_config(cfg, num_classes=info.num_classes, labels=list(info.classes))
+
+
+def find_init(init: str, cfg: Config, uri: str) -> tuple[str, Path, FeedbackSNN]:
+    """(run id, checkpoint dir, model with its weights) of the trained run ``--init
+    PATH|RUN_ID`` fine-tunes; the weights must fit the model ``cfg`` builds (checked here,
+    before anything is written)."""
+    from fsnn.platform.checkpoint import load_checkpoint
+
     run_id, path, _ = locate_checkpoint(init, uri, "--init")
-    model = model_from_config(cfg, num_classes=DATASETS[cfg.data.name].num_classes)
+    model = _model(cfg)
     try:
         model.load_state_dict(load_checkpoint(path).model)
     except RuntimeError as exc:
@@ -84,7 +92,7 @@ def find_init(init: str, cfg: Config, uri: str) -> tuple[str, Path]:
         raise CheckpointError(f"--init {init}: its weights do not fit model {cfg.model!r} with "
                               f"this config ({first[0].strip()}); fine-tune with the model, "
                               f"data set and neuron the run was trained with") from None
-    return run_id, path
+    return run_id, path, model
 
 
 def locate_checkpoint(ref: str, uri: str, flag: str) -> tuple[str, Path, dict[str, Any]]:
@@ -116,31 +124,14 @@ def locate_checkpoint(ref: str, uri: str, flag: str) -> tuple[str, Path, dict[st
     return run_id, path, meta
 
 
-def check_simulators(cfg: Config, init: Path | None) -> None:
+def check_simulators(cfg: Config, model: FeedbackSNN | None) -> None:
     """Before Ray starts: every backend the run uses (forward, target_eval) can run the model
-    (options, expressible, fits the machine, simulator installed, board reachable)."""
+    (``model``, or a fresh one of ``cfg``): options, expressible, fits the machine, simulator
+    installed, board reachable."""
     from fsnn.pipelines.hil import preflight, simulator_backends
 
-    if not simulator_backends(cfg):
-        return
-    from fsnn.platform.checkpoint import load_checkpoint
-    from fsnn.platform.data import DATASETS
-    from fsnn.platform.trainer import model_from_config
-
-    info = DATASETS[cfg.data.name]
-    model = model_from_config(cfg, num_classes=info.num_classes, labels=list(info.classes))
-    if init is not None:
-        model.load_state_dict(load_checkpoint(init).model)
-    preflight(cfg, model.eval().to_network())
-
-
-def _what(cfg: Config) -> str:
-    if cfg.forward == "engine":
-        return ""
-    return (f" (with forward: {cfg.forward}, each of the {cfg.train.num_workers} training "
-            f"workers also starts {cfg.hil.workers} simulator actor(s) of "
-            f"{cfg.hil.cpus_per_worker:g} CPU: lower --num-workers, hil.workers or "
-            f"hil.cpus_per_worker)")
+    if simulator_backends(cfg):
+        preflight(cfg, (model or _model(cfg)).eval().to_network())
 
 
 def run_train(cfg: Config, opts: TrainOptions) -> TrainOutcome:
@@ -156,18 +147,19 @@ def run_train(cfg: Config, opts: TrainOptions) -> TrainOutcome:
     run_id: str | None = None
     if opts.resume:
         run_id, resume_ckpt = find_resume(opts.resume, cfg, uri)
-    init: tuple[str, Path] | None = None
+    init: tuple[str, Path, FeedbackSNN] | None = None
     if opts.init and not opts.resume:
         init = find_init(opts.init, cfg, uri)
-    check_simulators(cfg, init[1] if init else None)
+    check_simulators(cfg, init[2] if init else None)
     if opts.address is None:
         from fsnn.platform.data import fetch_dataset
 
         fetch_dataset(cfg.data.name, Path(cfg.data.root) if cfg.data.root else None)
     connect(opts.address)
     cpus_per_worker = 1.0
-    check_resources(cfg.train.num_workers, cpus_per_worker, cfg.train.use_gpu,
-                    total=cpus_needed(cfg), what=_what(cfg))
+    total, why = cpu_budget(cfg)
+    check_resources(cfg.train.num_workers, cpus_per_worker, cfg.train.use_gpu, total=total,
+                    what=why)
     storage = _storage(opts.storage)
     doc = cfg.model_dump(mode="json")
     if run_id is None:

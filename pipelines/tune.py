@@ -266,7 +266,7 @@ def run_tune(cfg: Config, opts: TuneOptions) -> TuneOutcome:
         raise TuneSetupError("search: the config has no `search:` section (the space to "
                              "search); see configs/tune-demo.yaml")
     search = cfg.search
-    if cfg.forward != "engine" or cfg.target_eval.every > 0:
+    if cfg.forward != "engine" or cfg.target_eval_plan()[0] > 0:
         raise TuneSetupError(f"forward: {cfg.forward} / target_eval: a search trains every trial "
                              f"with the engine; search with forward: engine and target_eval.every"
                              f": 0, then fine-tune the best trial with the target in the loop "

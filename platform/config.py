@@ -204,7 +204,7 @@ class SearchConfig(_Strict):
 
 
 BackendName = Literal["torch", "nest", "spinnaker-emulated", "spinnaker"]
-FORWARDS = ("engine", "torch", "nest", "spinnaker-emulated", "spinnaker")
+FORWARDS: tuple[str, ...] = ("engine", *get_args(BackendName))
 
 
 class DeployConfig(_Strict):
@@ -229,9 +229,9 @@ class HILConfig(_Strict):
 class TargetEvalConfig(_Strict):
     """In-training evaluation: every K epochs the current spec runs on these backends."""
 
-    every: int = Field(0, ge=0, description="epochs between evaluations (0: off; with a "
-                       "simulator forward and no backends given: 1, on that simulator)")
-    backends: list[BackendName] = Field(default_factory=list)
+    every: int | None = Field(None, ge=0, description="epochs between evaluations (0: off; "
+                              "unset: every epoch with a simulator forward, off with the engine)")
+    backends: list[BackendName] | None = Field(None, description="unset: the forward's simulator")
     samples: int = Field(500, gt=0, description="test samples per backend")
     workers: int = Field(1, gt=0, description="simulator instances (Ray actors) per backend")
 
@@ -255,7 +255,7 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     search: SearchConfig | None = Field(None, description="the space of `fsnn tune`")
     deploy: DeployConfig = Field(default_factory=lambda: DeployConfig())
-    forward: Literal["engine", "torch", "nest", "spinnaker-emulated", "spinnaker"] = Field(
+    forward: Literal["engine"] | BackendName = Field(
         "engine", description="where training's forward rates come from: engine (the batched "
         "torch engine, with dropout and batch statistics) or a backend (hardware in the loop)")
     hil: HILConfig = Field(default_factory=lambda: HILConfig())
@@ -287,10 +287,19 @@ class Config(_Strict):
         assert self.leak is not None
         return self.leak
 
+    def target_eval_plan(self) -> tuple[int, list[str]]:
+        """(every, backends) of the in-training evaluation with the defaults resolved: with a
+        simulator forward every epoch on that simulator, with the engine off."""
+        te, simulator = self.target_eval, self.forward != "engine"
+        every = te.every if te.every is not None else int(simulator)
+        if te.backends is not None:
+            return every, list(te.backends)
+        return every, [self.forward] if simulator else []
+
 
 def _check_forward(cfg: Config) -> None:
-    """A simulator forward needs IDE and the spec's semantics (no dropout); it turns the
-    in-training evaluation on (every epoch, on that simulator) unless it was configured."""
+    """A simulator forward needs IDE and the spec's semantics (no dropout); an in-training
+    evaluation needs backends."""
     if cfg.forward != "engine":
         where = f"forward: {cfg.forward}"
         if cfg.method.name != "ide":
@@ -300,13 +309,10 @@ def _check_forward(cfg: Config) -> None:
         if cfg.dropout != 0.0:
             raise ValueError(f"dropout: must be 0 with {where} (the simulator runs the spec, "
                              f"which has no dropout masks); set dropout: 0")
-        te = cfg.target_eval
-        if te.every == 0 and not te.backends and "target_eval" not in cfg.model_fields_set:
-            object.__setattr__(te, "every", 1)
-            object.__setattr__(te, "backends", [cfg.forward])
-    if cfg.target_eval.every > 0 and not cfg.target_eval.backends:
+    every, backends = cfg.target_eval_plan()
+    if every > 0 and not backends:
         raise ValueError("target_eval.backends: empty; name the backends to evaluate on every "
-                         f"{cfg.target_eval.every} epochs (e.g. [nest]) or set every: 0")
+                         f"{every} epochs (e.g. [nest]) or set every: 0")
 
 
 def _leaf_paths(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:

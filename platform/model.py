@@ -248,17 +248,18 @@ class FeedbackSNN(nn.Module):
         """
         T = T or self.T
         circuit, spikes, input_rate = self.prepare(x, T)
-        if self.training and torch.is_grad_enabled() and self.rate_source is not None:
-            if circuit.masks:
-                raise SpecError("dropout masks are active, but the simulator forward runs the "
-                                "spec without them; build the model with dropout 0")
-            ref = self.classifier.weight
-            rates = self.implicit(circuit, {k: v.to(ref.device, ref.dtype)
-                                            for k, v in self.rate_source(x).items()}, input_rate)
-        elif self.training and torch.is_grad_enabled():
-            rates = self.method.rates(self, circuit, T, spikes, input_rate)
+        if self.training and torch.is_grad_enabled():
+            if self.rate_source is not None:
+                if circuit.masks:
+                    raise SpecError("dropout masks are active, but the simulator forward runs "
+                                    "the spec without them; build the model with dropout 0")
+                ref = self.classifier.weight
+                rates = self.implicit(circuit, {k: v.to(ref.device, ref.dtype) for k, v in
+                                                self.rate_source(x).items()}, input_rate)
+            else:
+                rates = self.method.rates(self, circuit, T, spikes, input_rate)
             for i, layer in enumerate(self.ring):
-                layer.update_bn(rates[_pop(i)].detach())
+                layer.update_bn(rates[_pop(i)].detach())  # a no-op when batch norm is frozen
         else:
             rates = self.simulate(circuit, T, spikes)
         self.last_rates = {k: float(v.detach().mean()) for k, v in rates.items()}

@@ -17,6 +17,11 @@ from fsnn.platform.spec import (
 )
 
 
+def uniform(g: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
+    """float64 values uniform in [-scale, scale)."""
+    return (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * scale
+
+
 def dense_net(*, neuron: Neuron | None = None, T: int = 30, seed: int = 0,
               scale: float = 0.6) -> Network:
     """input(6) -> a(5) -> b(4), feedback b -> a and a -> a; both signs of weights."""
@@ -24,7 +29,7 @@ def dense_net(*, neuron: Neuron | None = None, T: int = 30, seed: int = 0,
     n = neuron or Neuron("IF", v_th=1.0)
 
     def w(o: int, i: int) -> torch.Tensor:
-        return (torch.rand(o, i, generator=g, dtype=torch.float64) * 2 - 1) * scale
+        return uniform(g, o, i, scale=scale)
 
     pops = [Population("a", (5,), n), Population("b", (4,), n)]
     projs = [

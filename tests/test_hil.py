@@ -230,9 +230,9 @@ def test_rate_source_guards() -> None:
 
 def test_config_forward_rules() -> None:
     cfg = load_config(None, ["forward=nest", "dropout=0"])
-    assert cfg.target_eval.every == 1 and cfg.target_eval.backends == ["nest"]
+    assert cfg.target_eval_plan() == (1, ["nest"])
     again = load_config(None, ["forward=nest", "dropout=0", "target_eval.every=0"])
-    assert again.target_eval.every == 0
+    assert again.target_eval_plan()[0] == 0
     with pytest.raises(ConfigError, match="dropout: must be 0 with forward: nest"):
         load_config(None, ["forward=nest"])
     with pytest.raises(ConfigError, match="needs method ide"):

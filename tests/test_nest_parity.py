@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from nets import dense_net
+from nets import dense_net, uniform
 
 from fsnn.backends.base import BackendError, BatchResult, fan_out
 from fsnn.backends.nest_backend import NestBackend
@@ -46,9 +46,6 @@ LIF90 = Neuron("LIF", v_th=1.0, leak=0.9)
 TO_VALUE = Neuron("LIF", v_th=1.0, leak=0.9, reset="to_value", v_reset=-0.2)
 
 
-def _rand(g: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
-    return (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * scale
-
 
 def conv_net(neuron: Neuron, *, seed: int = 0, spikes: bool = False) -> Network:
     """input (2,8,8) -conv s1-> a (4,8,8) -conv s2-> b (6,4,4) -dense-> c (10);
@@ -58,18 +55,18 @@ def conv_net(neuron: Neuron, *, seed: int = 0, spikes: bool = False) -> Network:
             Population("c", (10,), neuron)]
     in_scale = 0.9 if spikes else 0.35
     projs = [
-        Projection("in", INPUT, "a", "conv", _rand(g, 4, 2, 3, 3, scale=in_scale),
-                   _rand(g, 4, scale=0.1) + 0.1, padding=1),
-        Projection("ab", "a", "b", "conv", _rand(g, 6, 4, 3, 3, scale=0.5),
-                   _rand(g, 6, scale=0.1) + 0.1, stride=2, padding=1),
-        Projection("bc", "b", "c", "dense", _rand(g, 10, 96, scale=0.4),
-                   _rand(g, 10, scale=0.1) + 0.1),
-        Projection("ba", "b", "a", "conv_transpose", _rand(g, 6, 4, 3, 3, scale=0.4), None,
+        Projection("in", INPUT, "a", "conv", uniform(g, 4, 2, 3, 3, scale=in_scale),
+                   uniform(g, 4, scale=0.1) + 0.1, padding=1),
+        Projection("ab", "a", "b", "conv", uniform(g, 6, 4, 3, 3, scale=0.5),
+                   uniform(g, 6, scale=0.1) + 0.1, stride=2, padding=1),
+        Projection("bc", "b", "c", "dense", uniform(g, 10, 96, scale=0.4),
+                   uniform(g, 10, scale=0.1) + 0.1),
+        Projection("ba", "b", "a", "conv_transpose", uniform(g, 6, 4, 3, 3, scale=0.4), None,
                    stride=2, padding=1, output_padding=1, feedback=True),
-        Projection("bb", "b", "b", "conv", _rand(g, 6, 6, 3, 3, scale=0.15), None, padding=1,
+        Projection("bb", "b", "b", "conv", uniform(g, 6, 6, 3, 3, scale=0.15), None, padding=1,
                    feedback=True, delay=2),
     ]
-    ro = Readout("c", _rand(g, 3, 10), _rand(g, 3))
+    ro = Readout("c", uniform(g, 3, 10), uniform(g, 3))
     kind = "spikes" if spikes else "analog"
     return Network(InputEncoding(kind, (2, 8, 8)), pops, projs, ro, T, labels=["x", "y", "z"])
 
@@ -192,11 +189,11 @@ def test_expansion_matches_torch() -> None:
     g = torch.Generator().manual_seed(7)
     src = (3, 6, 5)
     cases = [
-        (Projection("c", "s", "t", "conv", _rand(g, 5, 3, 3, 2), None, stride=2, padding=1),
+        (Projection("c", "s", "t", "conv", uniform(g, 5, 3, 3, 2), None, stride=2, padding=1),
          (5, 3, 3)),
-        (Projection("t", "s", "t", "conv_transpose", _rand(g, 3, 5, 3, 3), None, stride=2,
+        (Projection("t", "s", "t", "conv_transpose", uniform(g, 3, 5, 3, 3), None, stride=2,
                     padding=1, output_padding=1), (5, 12, 10)),
-        (Projection("d", "s", "t", "dense", _rand(g, 7, 90), None), (7,)),
+        (Projection("d", "s", "t", "dense", uniform(g, 7, 90), None), (7,)),
     ]
     for q, tgt in cases:
         q.weight[q.weight.abs() < 0.2] = 0.0  # zero weights make no synapse

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from nets import dense_net
+from nets import dense_net, uniform
 
 from fsnn.backends.base import BatchResult
 from fsnn.backends.nest_backend import NestBackend
@@ -39,9 +39,6 @@ IF = Neuron("IF", v_th=1.0)
 LIF = Neuron("LIF", v_th=1.0, leak=0.9)
 
 
-def _uniform(g: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
-    return (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * scale
-
 
 def _sparsify(net: Network, seed: int, fraction: float = 0.2) -> Network:
     """Zero a random ``fraction`` of every projection's weights (synapses that do not exist)."""
@@ -60,20 +57,20 @@ def _conv_net(neuron: Neuron, *, seed: int, spikes: bool = False) -> Network:
     pops = [Population("a", (4, 8, 8), neuron), Population("b", (6, 4, 4), neuron),
             Population("c", (10,), neuron)]
     projs = [
-        Projection("in", INPUT, "a", "conv", _uniform(g, 4, 2, 3, 3, scale=1.0 if spikes else 0.4),
-                   _uniform(g, 4, scale=0.1) + 0.1, padding=1),
-        Projection("ab", "a", "b", "conv", _uniform(g, 6, 4, 3, 3, scale=0.6),
-                   _uniform(g, 6, scale=0.1) + 0.1, stride=2, padding=1),
-        Projection("bc", "b", "c", "dense", _uniform(g, 10, 96, scale=0.45),
-                   _uniform(g, 10, scale=0.1) + 0.1),
-        Projection("ba", "b", "a", "conv_transpose", _uniform(g, 6, 4, 3, 3, scale=0.4), None,
+        Projection("in", INPUT, "a", "conv", uniform(g, 4, 2, 3, 3, scale=1.0 if spikes else 0.4),
+                   uniform(g, 4, scale=0.1) + 0.1, padding=1),
+        Projection("ab", "a", "b", "conv", uniform(g, 6, 4, 3, 3, scale=0.6),
+                   uniform(g, 6, scale=0.1) + 0.1, stride=2, padding=1),
+        Projection("bc", "b", "c", "dense", uniform(g, 10, 96, scale=0.45),
+                   uniform(g, 10, scale=0.1) + 0.1),
+        Projection("ba", "b", "a", "conv_transpose", uniform(g, 6, 4, 3, 3, scale=0.4), None,
                    stride=2, padding=1, output_padding=1, feedback=True),
-        Projection("bb", "b", "b", "conv", _uniform(g, 6, 6, 3, 3, scale=0.15), None,
+        Projection("bb", "b", "b", "conv", uniform(g, 6, 6, 3, 3, scale=0.15), None,
                    padding=1, feedback=True, delay=2),
-        Projection("bb1", "b", "b", "conv", _uniform(g, 6, 6, 1, 1, scale=0.2), None,
+        Projection("bb1", "b", "b", "conv", uniform(g, 6, 6, 1, 1, scale=0.2), None,
                    feedback=True),
     ]
-    ro = Readout("c", _uniform(g, 3, 10), _uniform(g, 3))
+    ro = Readout("c", uniform(g, 3, 10), uniform(g, 3))
     kind = "spikes" if spikes else "analog"
     net = Network(InputEncoding(kind, (2, 8, 8)), pops, projs, ro, T, labels=["x", "y", "z"])
     return _sparsify(net, seed + 100)
@@ -89,13 +86,13 @@ def _revalue(net: Network, seed: int) -> Network:
 
     def like(t: torch.Tensor) -> torch.Tensor:
         scale = float(t.abs().max())
-        new = _uniform(g, *t.shape, scale=scale)
+        new = uniform(g, *t.shape, scale=scale)
         return torch.where(new == 0, scale / 2, new)
 
     projs = []
     for q in net.projections:
         w = torch.where(q.weight != 0, like(q.weight), 0.0)
-        b = None if q.bias is None else _uniform(g, *q.bias.shape, scale=0.1) + 0.1
+        b = None if q.bias is None else uniform(g, *q.bias.shape, scale=0.1) + 0.1
         projs.append(replace(q, weight=w, bias=b))
     r = net.readout
     ro = replace(r, weight=like(r.weight), bias=None if r.bias is None else like(r.bias))
@@ -163,11 +160,11 @@ def test_expand_index_points_at_weight() -> None:
     g = torch.Generator().manual_seed(3)
     src = (3, 6, 5)
     cases = [
-        (Projection("c", "s", "t", "conv", _uniform(g, 5, 3, 3, 2), None, stride=2, padding=1),
+        (Projection("c", "s", "t", "conv", uniform(g, 5, 3, 3, 2), None, stride=2, padding=1),
          (5, 3, 3)),
-        (Projection("t", "s", "t", "conv_transpose", _uniform(g, 3, 5, 3, 3), None, stride=2,
+        (Projection("t", "s", "t", "conv_transpose", uniform(g, 3, 5, 3, 3), None, stride=2,
                     padding=1, output_padding=1), (5, 12, 10)),
-        (Projection("d", "s", "t", "dense", _uniform(g, 7, 90), None), (7,)),
+        (Projection("d", "s", "t", "dense", uniform(g, 7, 90), None), (7,)),
     ]
     for q, tgt in cases:
         q.weight[q.weight.abs() < 0.3] = 0.0
