@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 FSNN := $(VENV)/bin/fsnn
 STAMP := $(VENV)/.fsnn-installed
 
-.PHONY: venv data test demo lint bench-accuracy bench-throughput clean
+.PHONY: venv data test demo lint bench-accuracy bench-throughput gpu-bundle clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,18 @@ bench-accuracy: venv data
 
 bench-throughput: venv
 	$(PY) benchmarks/throughput.py
+
+# What benchmarks/gpu_session.sh needs on a GPU machine without network: pydantic's wheels for
+# its Python (3.12) and MNIST. .gpu/ is ignored by git (add /.gpu/ to .git/info/exclude).
+GPU_PY ?= 3.12
+gpu-bundle: data
+	mkdir -p .gpu/whl .gpu/data/mnist
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PY) \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .gpu/whl $$($(PY) -m pip freeze | grep -iE \
+	  '^(pydantic|pydantic.core|annotated.types|typing.inspection|typing.extensions)==')
+	root=$${FSNN_DATA:-$$HOME/.cache/fsnn/data}/mnist; for f in $$root/*-ubyte; do \
+	  gzip -c $$f > .gpu/data/mnist/$$(basename $$f).gz; done; cp $$root/.verified .gpu/data/mnist/
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,6 +1,12 @@
 """Training and evaluation throughput (images/s) and peak memory of zoo models, random data.
 
     python benchmarks/throughput.py [--models f64c5,alexnet_f] [--T 30,100] [--batch 128]
+        [--variants eager,graphs,graphs+bf16]
+
+Variants, measured side by side in one run: ``eager`` (the time loop launched op by op),
+``graphs`` (the loop replayed as a CUDA graph: ``train.cuda_graphs``), ``+bf16`` (spikes
+multiplied in bfloat16: ``train.spike_dtype``), ``+cl`` (channels-last weights and inputs),
+``+m4`` (Broyden keeps 4 update pairs: ``method.memory``), ``+fp`` (fixed-point adjoint solver).
 
 Each configuration runs in a fresh subprocess. Peak memory: on CUDA the peak of torch's
 allocator over the training steps; on CPU (no allocator statistics) the bytes of tensors that
@@ -31,8 +37,20 @@ SHAPES = {"f64c5": (1, 28, 28), "f400": (1, 28, 28), "alexnet_f": (3, 32, 32),
           "cifarnet_f": (3, 32, 32)}
 
 
+PARTS = ("eager", "graphs", "bf16", "cl", "fp")
+
+
+def variant_parts(variant: str) -> list[str]:
+    parts = variant.split("+")
+    for part in parts:
+        if part not in PARTS and not (part[:1] == "m" and part[1:].isdigit()):
+            raise ValueError(f"--variants: unknown part {part!r} in {variant!r}; known: "
+                             f"{', '.join(PARTS)}, m<N> (Broyden memory)")
+    return parts
+
+
 def measure(model_name: str, T: int, batch: int, iters: int, device: str,
-            neuron: str) -> dict[str, float | str | int]:
+            neuron: str, variant: str = "eager") -> dict[str, float | str | int]:
     import torch.nn.functional as F
 
     from fsnn.platform.spec import Neuron
@@ -41,9 +59,19 @@ def measure(model_name: str, T: int, batch: int, iters: int, device: str,
     dev = torch.device(device)
     n = Neuron("LIF", v_th=2.0, leak=0.95 if model_name != "alexnet_f" else 0.99) \
         if neuron == "LIF" else Neuron("IF", v_th=2.0)
-    model = build_model(model_name, T=T, neuron=n).to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    from fsnn.platform.ide import AdjointConfig
+
+    parts = variant_parts(variant)
+    memory = next((int(p[1:]) for p in parts if p[:1] == "m"), None)
+    adjoint = AdjointConfig("fixed_point" if "fp" in parts else "broyden", memory=memory)
+    model = build_model(model_name, T=T, neuron=n, adjoint=adjoint).to(dev)
+    model.set_speed(cuda_graphs="graphs" in parts,
+                    spike_dtype=torch.bfloat16 if "bf16" in parts else None)
     x = torch.randn(batch, *SHAPES[model_name], device=dev)
+    if "cl" in parts:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     y = torch.randint(0, 10, (batch,), device=dev)
 
     def step() -> None:
@@ -77,7 +105,13 @@ def measure(model_name: str, T: int, batch: int, iters: int, device: str,
             model(x)
         sync()
         eval_s = time.perf_counter() - t0
-    return {"model": model_name, "neuron": neuron, "T": T, "batch": batch, "device": device,
+    graphs = model.graphs.stats if model.graphs is not None else None
+    return {"model": model_name, "neuron": neuron, "T": T, "variant": variant, "batch": batch,
+            "device": device,
+            "graphs": "-" if graphs is None else
+            f"off: {graphs.disabled}" if graphs.disabled else
+            f"{graphs.captures} captured, {graphs.replays} replays" if graphs.captures else
+            "eager (no CUDA)",
             "train_img_s": batch * iters / train_s, "eval_img_s": batch * iters / eval_s,
             "train_peak_mib": peak, "graph_mib": graph,
             "adjoint_iters": model.adjoint_log.summary().get("adjoint_iterations", 0.0)}
@@ -91,37 +125,64 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--neuron", default="LIF")
+    ap.add_argument("--variants", default="eager,graphs,graphs+bf16",
+                    help=f"comma-separated; each joins parts with +: {', '.join(PARTS)}, m<N>")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="benchmarks/results/throughput.json")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    variants = args.variants.split(",")
+    try:
+        for v in variants:
+            variant_parts(v)
+    except ValueError as exc:
+        ap.error(str(exc))
     if args.one:
-        model_name, T = args.one.split(":")
+        model_name, T, variant = args.one.split(":")
         print(json.dumps(measure(model_name, int(T), args.batch, args.iters, args.device,
-                                 args.neuron)))
+                                 args.neuron, variant)))
         return
     rows = []
     for model_name in args.models.split(","):
         for T in (int(t) for t in args.T.split(",")):
-            out = subprocess.run([sys.executable, __file__, "--one", f"{model_name}:{T}",
-                                  "--batch", str(args.batch), "--iters", str(args.iters),
-                                  "--device", args.device, "--neuron", args.neuron],
-                                 capture_output=True, text=True, check=True)
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            anchor = ANCHOR.get((model_name, T))
-            if anchor and args.device == "cuda":
-                row["train_vs_anchor"] = row["train_img_s"] / anchor[0]
-                row["eval_vs_anchor"] = row["eval_img_s"] / anchor[2]
-            rows.append(row)
-            print(table(rows[-1:], list(rows[-1])), flush=True)
+            for variant in variants:
+                out = subprocess.run([sys.executable, __file__, "--one",
+                                      f"{model_name}:{T}:{variant}", "--batch", str(args.batch),
+                                      "--iters", str(args.iters), "--device", args.device,
+                                      "--neuron", args.neuron, "--variants", variant],
+                                     capture_output=True, text=True)
+                if out.returncode != 0:
+                    print(f"{model_name} T={T} {variant}: failed\n{out.stderr[-2000:]}",
+                          flush=True)
+                    continue
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                anchor = ANCHOR.get((model_name, T))
+                if anchor and args.device == "cuda":
+                    row["train_vs_anchor"] = row["train_img_s"] / anchor[0]
+                    row["eval_vs_anchor"] = row["eval_img_s"] / anchor[2]
+                    row["peak_vs_anchor"] = row["train_peak_mib"] / anchor[1]
+                base = next((r for r in rows if (r["model"], r["T"]) == (model_name, T)), None)
+                if base is not None:
+                    row["train_vs_first"] = row["train_img_s"] / base["train_img_s"]
+                    row["eval_vs_first"] = row["eval_img_s"] / base["eval_img_s"]
+                rows.append(row)
+                print(table(rows[-1:], list(rows[-1])), flush=True)
+                write_json(args.out, {"rows": rows, "anchor_h100": {
+                    f"{k[0]}@T{k[1]}": v for k, v in ANCHOR.items()}})
     for m in args.models.split(","):
-        mine = {r["T"]: r["train_peak_mib"] for r in rows if r["model"] == m}
-        if 30 in mine and 100 in mine and mine[30] > 0:
-            print(f"{m}: training peak memory T=100 / T=30 = {mine[100] / mine[30]:.2f}")
+        for variant in variants:
+            mine = {r["T"]: r["train_peak_mib"] for r in rows
+                    if r["model"] == m and r["variant"] == variant}
+            if 30 in mine and 100 in mine and mine[30] > 0:
+                print(f"{m} {variant}: training peak memory T=100 / T=30 = "
+                      f"{mine[100] / mine[30]:.2f}")
+    if not rows:
+        sys.exit("no configuration ran")
     print()
-    print(table(rows, list(rows[0])))
-    write_json(args.out, {"rows": rows, "anchor_h100": {f"{k[0]}@T{k[1]}": v
-                                                        for k, v in ANCHOR.items()}})
+    columns = ["model", "neuron", "T", "variant", "train_img_s", "eval_img_s", "train_peak_mib",
+               "train_vs_anchor", "eval_vs_anchor", "peak_vs_anchor", "train_vs_first",
+               "eval_vs_first", "adjoint_iters", "graphs"]
+    print(table(rows, [c for c in columns if any(c in r for r in rows)]))
 
 
 if __name__ == "__main__":

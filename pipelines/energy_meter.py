@@ -92,6 +92,11 @@ class EnergyMeter:
         else:
             self.reasons["energy/cpu_j"] = self.shared_reason
 
+    @property
+    def gpu_handles(self) -> list[Any]:
+        """The NVML handles of the GPUs this meter reads (empty where it has no GPU counter)."""
+        return list(self._handles)
+
     def _read(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
         if self._handles:

@@ -102,7 +102,7 @@ def open_forward(cfg: Config, model: FeedbackSNN) -> ForwardPool | None:
 def train_epoch_in_loop(model: FeedbackSNN, batches: Batches, optimizer: torch.optim.Optimizer,
                         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
                         device: torch.device, pool: ForwardPool, *, retries: int,
-                        on_batch: Callable[[int, float], None] | None = None,
+                        on_batch: Callable[[int, torch.Tensor], None] | None = None,
                         log: Callable[[str], None] | None = None) -> tuple[EpochStats, int]:
     """One epoch with ``pool`` as the forward; returns the stats and how often it was retried.
 

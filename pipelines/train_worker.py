@@ -61,17 +61,18 @@ def _sync_buffers(model: torch.nn.Module, world: int) -> None:
         dist.broadcast(b.data, 0)
 
 
-def _progress(cfg: Any, epoch: int, batches: int) -> Callable[[int, float], None]:
+def _progress(cfg: Any, epoch: int, batches: int) -> Callable[[int, torch.Tensor], None]:
     """Prints a line every ``train.log_every`` batches: batch, loss, images per second."""
     start = time.perf_counter()
     every = cfg.train.log_every
     per_batch = max(1, cfg.data.batch_size)
 
-    def show(i: int, loss: float) -> None:
+    def show(i: int, loss: torch.Tensor) -> None:
         if (i + 1) % every == 0 and i + 1 < batches:
+            value = float(loss)  # waits for the device: only when a line is printed
             rate = (i + 1) * per_batch / max(time.perf_counter() - start, 1e-9)
             print(f"[fsnn] epoch {epoch + 1}/{cfg.train.epochs}  batch {i + 1}/{batches}  "
-                  f"loss {loss:.4f}  {rate:.0f} img/s", flush=True)
+                  f"loss {value:.4f}  {rate:.0f} img/s", flush=True)
     return show
 
 

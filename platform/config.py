@@ -35,7 +35,7 @@ class DataConfig(_Strict):
 
 
 _METHOD_FIELDS: dict[str, tuple[str, ...]] = {
-    "ide": ("solver", "max_iter", "tol"),
+    "ide": ("solver", "max_iter", "tol", "memory"),
     "tsbp": ("surrogate", "surrogate_width", "reset_grad"),
     "dsr": ("alpha", "vth_bound", "train_vth", "unroll"),
     "spide": ("backward_T", "backward_vth", "modified_reset", "forward_warmup",
@@ -53,6 +53,8 @@ class MethodConfig(_Strict):
     solver: Literal["broyden", "fixed_point"] = "broyden"
     max_iter: int = Field(30, gt=0, description="adjoint solver iteration cap")
     tol: float = Field(1e-4, gt=0, description="relative residual to stop the adjoint solve")
+    memory: int | None = Field(None, gt=0, description="Broyden: update pairs kept (each two "
+                               "state-sized tensors; unset: all, up to max_iter)")
     # tsbp
     surrogate: Literal["rectangle", "sigmoid"] = Field(
         "rectangle", description="surrogate derivative of the spike's Heaviside")
@@ -109,6 +111,11 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(1, gt=0, description="checkpoint every K epochs")
     max_failures: int = Field(2, ge=0, description="worker failures tolerated (Ray)")
     log_every: int = Field(50, gt=0, description="batches between progress updates")
+    cuda_graphs: bool = Field(True, description="replay the simulation's time loop as CUDA "
+                              "graphs on a GPU (checked against the eager run once per shape)")
+    spike_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="type spikes are multiplied in by the simulation (bfloat16: "
+        "exact spikes, weights rounded to 8 bits of mantissa; membranes stay float32)")
 
 
 Scalar = bool | int | float | str

@@ -16,12 +16,20 @@ time; ``reset_grad`` then says whether the reset's dependency on the spike stays
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 
-from fsnn.platform.spec import INPUT, TIMINGS, Network, Population, Projection, SpecError
+from fsnn.platform.spec import (
+    INPUT,
+    TIMINGS,
+    Network,
+    Neuron,
+    Population,
+    Projection,
+    SpecError,
+)
 
 
 @dataclass
@@ -140,6 +148,25 @@ def rate_normaliser(leak: float, T: int) -> float:
     return float(T) if leak == 1.0 else (1.0 - leak**T) / (1.0 - leak)
 
 
+def _neuron_step_inplace(v: torch.Tensor, current: torch.Tensor, n: Neuron,
+                         spike_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One update of membrane ``v`` (in place) with input ``current``; returns the spikes.
+
+    The same floating-point operations, in the same order, as the graph-keeping step of
+    :func:`simulate_circuit`: ``v*leak + I``, spike where ``v >= V_th``, then ``v - V_th*s``
+    (exact product: ``s`` is 0 or 1) or ``V_reset`` where it spiked.
+    """
+    if n.leak != 1.0:
+        v.mul_(n.leak)
+    v.add_(current)
+    s = torch.ge(v, n.v_th, out=torch.empty_like(v, dtype=spike_dtype))
+    if n.reset == "subtract":
+        v.sub_(s, alpha=n.v_th)
+    else:
+        v.masked_fill_(s.bool(), n.v_reset)
+    return s
+
+
 def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide",
                      spike_input: torch.Tensor | None = None,
                      record_trains: bool = False,
@@ -147,7 +174,8 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
                      device: torch.device | None = None,
                      spike_fn: SpikeFn | None = None,
                      reset_grad: bool = True,
-                     window_start: int | None = None) -> SimResult:
+                     window_start: int | None = None,
+                     spike_dtype: torch.dtype | None = None) -> SimResult:
     """Run the spiking dynamics for T steps; return (leak-weighted) rates and spike counts.
 
     Without ``spike_fn`` the spikes are a plain comparison (no graph: call it under
@@ -155,18 +183,26 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
     graph (BPTT); ``reset_grad=False`` detaches the spike where it resets the membrane, dropping
     the reset's temporal term from the gradient (the values are identical either way).
     ``window_start`` also returns the rates over steps ``window_start .. T-1``.
+    ``spike_dtype`` (no-graph runs only, e.g. ``torch.bfloat16``): spikes are kept in that type
+    (exact: they are 0 or 1) and the spike-carrying projections multiply in it, weights rounded
+    to it; the products come back in the state's type, where membranes and rates stay.
     """
     if T <= 0:
         raise SpecError(f"T: must be a positive integer (got {T})")
     if window_start is not None and not 0 <= window_start < T:
         raise SpecError(f"window_start: must be in [0, T) (got {window_start} with T={T})")
-    delays = _delays(circuit, timing)
-    incoming = {p.name: circuit.incoming(p.name) for p in circuit.populations}
     ref = next(iter(circuit.const.values()), None)
     if ref is None and circuit.projections:
         ref = circuit.projections[0].weight
     dtype = dtype or (ref.dtype if ref is not None else torch.get_default_dtype())
     device = device or (ref.device if ref is not None else torch.device("cpu"))
+    if spike_dtype is not None:
+        if spike_fn is not None:
+            raise SpecError("spike_dtype: only for simulations without a graph (no spike_fn)")
+        cast = [replace(q, weight=q.weight.to(spike_dtype)) for q in circuit.projections]
+        circuit = Circuit(circuit.populations, cast, circuit.const, circuit.masks)
+    delays = _delays(circuit, timing)
+    incoming = {p.name: circuit.incoming(p.name) for p in circuit.populations}
     # history[name][k] are the spikes of `name` k steps before the current one (k=0: this step)
     depth: dict[str, int] = {}
     for q in circuit.projections:
@@ -190,14 +226,14 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
                and order[q.source] >= order[q.target] else delays[q.name]
                for q in circuit.projections}
     start_acc: dict[str, torch.Tensor] = {}
+    inplace = spike_fn is None  # no graph: update state tensors in place (fewer kernels)
     for t in range(T):
         if t == window_start:
-            start_acc = dict(acc)
+            start_acc = {k: v.clone() for k, v in acc.items()}
         if spike_input is not None:
-            history.setdefault(INPUT, []).insert(0, spike_input[t].to(dtype))
+            history.setdefault(INPUT, []).insert(0, spike_input[t].to(spike_dtype or dtype))
         for p in circuit.populations:
-            current = circuit.const.get(p.name)
-            total = zeros[p.name] if current is None else zeros[p.name] + current
+            total = circuit.const.get(p.name)
             for q in incoming[p.name]:
                 d = delays[q.name]
                 if d == 0:
@@ -207,31 +243,48 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
                 else:
                     continue
                 out = apply_projection(q, src, p.shape)
+                if spike_dtype is not None:
+                    out = out.to(dtype)
                 mask = circuit.masks.get(q.name)
-                total = total + (out if mask is None else out * mask)
-            n = p.neuron
-            v = u[p.name] * n.leak + total if n.leak != 1.0 else u[p.name] + total
-            if spike_fn is None:
-                s = (v >= n.v_th).to(dtype)
-                if n.reset == "subtract":
-                    v = v - n.v_th * s
+                if inplace:  # the same sums as below (a + b == b + a), into the fresh `out`
+                    out = out if mask is None else out.mul_(mask)
+                    total = out if total is None else out.add_(total)
                 else:
-                    v = torch.where(s.bool(), torch.full_like(v, n.v_reset), v)
+                    out = out if mask is None else out * mask
+                    total = out if total is None else total + out
+            n = p.neuron
+            if total is None:
+                total = zeros[p.name]
+            if inplace:
+                s = _neuron_step_inplace(u[p.name], total, n, spike_dtype)
             else:
+                assert spike_fn is not None
+                v = u[p.name] * n.leak + total if n.leak != 1.0 else u[p.name] + total
                 s = spike_fn(v - n.v_th, n.v_th)
                 r = s if reset_grad else s.detach()
-                # identical values to the branch above (s is exactly 0.0 or 1.0)
-                v = v - n.v_th * r if n.reset == "subtract" else v * (1.0 - r) + n.v_reset * r
-            u[p.name] = v
+                # the same values as the in-place step (s is exactly 0.0 or 1.0)
+                u[p.name] = v - n.v_th * r if n.reset == "subtract" \
+                    else v * (1.0 - r) + n.v_reset * r
             hist = history.setdefault(p.name, [])
             hist.insert(0, s)
             del hist[depth.get(p.name, 0) + 1:]
-            acc[p.name] = acc[p.name] * n.leak + s if n.leak != 1.0 else acc[p.name] + s
-            counts[p.name] = counts[p.name] + s
+            if inplace:
+                if n.leak != 1.0:
+                    acc[p.name].mul_(n.leak)
+                acc[p.name].add_(s)
+                if n.leak != 1.0:  # for IF the counts are the sums in acc
+                    counts[p.name].add_(s)
+            else:
+                acc[p.name] = acc[p.name] * n.leak + s if n.leak != 1.0 else acc[p.name] + s
+                counts[p.name] = counts[p.name] + s
             if record_trains:
                 trains[p.name].append(s)
         if INPUT in history:
             del history[INPUT][depth.get(INPUT, 0) + 1:]
+    if inplace:
+        for p in circuit.populations:
+            if p.neuron.leak == 1.0:
+                counts[p.name] = acc[p.name].clone()
     rates = {p.name: acc[p.name] / rate_normaliser(p.neuron.leak, T) for p in circuit.populations}
     window = None
     if window_start is not None:

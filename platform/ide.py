@@ -23,6 +23,7 @@ class AdjointConfig:
     method: str = "broyden"
     max_iter: int = 30
     tol: float = 1e-4
+    memory: int | None = None  # Broyden: stored update pairs at most (None: every iteration's)
 
 
 @dataclass
@@ -79,7 +80,7 @@ def adjoint_solver(cfg: AdjointConfig, log: AdjointLog) -> AdjointSolve:
     """Broyden or fixed-point iterations on g = J^T g + dL/da, each solve recorded in ``log``."""
     def run(jt: JTProduct, grad: torch.Tensor) -> torch.Tensor:
         g, stats = solve(cfg.method, lambda v: jt(v) + grad, grad, max_iter=cfg.max_iter,
-                         tol=cfg.tol)
+                         tol=cfg.tol, memory=cfg.memory)
         log.solves.append(stats)
         return g
     return run

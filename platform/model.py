@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fsnn.platform.engine import Circuit, equilibrium_map, simulate_circuit
+from fsnn.platform.graphs import GraphedSimulator
 from fsnn.platform.ide import AdjointConfig, AdjointLog, implicit_equilibrium
 from fsnn.platform.layers import ProjectionLayer
 from fsnn.platform.methods.base import Method
@@ -78,11 +79,13 @@ class FeedbackSNN(nn.Module):
                                 f"population h{i} has {self.shapes[i]}")
         readout_size = int(torch.Size(self.shapes[-1]).numel())
         self.classifier = nn.Linear(readout_size, num_classes)
-        self.last_rates: dict[str, float] = {}
+        self.last_rates: dict[str, torch.Tensor] = {}  # mean rate per population (0-d)
         self.method: Method = method if method is not None else IDEMethod()
         self.method.attach([_pop(i) for i in range(len(self.shapes))], neuron)
         self.bn_frozen = False
         self.rate_source: RateSource | None = None
+        self.graphs: GraphedSimulator | None = None
+        self.spike_dtype: torch.dtype | None = None
 
     # -- hardware in the loop -------------------------------------------------------------------
     def freeze_bn(self) -> FeedbackSNN:
@@ -225,12 +228,29 @@ class FeedbackSNN(nn.Module):
                                      self.adjoint_log)
         return self.unflatten_rates(state)
 
+    def set_speed(self, *, cuda_graphs: bool = False,
+                  spike_dtype: torch.dtype | None = None) -> FeedbackSNN:
+        """How the graph-free simulation (IDE's forward, evaluation) runs: replayed CUDA graphs
+        (on a GPU; :mod:`fsnn.platform.graphs`) and the type spikes are multiplied in
+        (``torch.bfloat16``: exact spikes, weights rounded; ``None``: the state's type)."""
+        self.graphs = GraphedSimulator() if cuda_graphs else None
+        self.spike_dtype = spike_dtype
+        return self
+
     def simulate(self, circuit: Circuit, T: int,
                  spike_input: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """The rates of a plain (no-graph) simulation of ``circuit``."""
         with torch.no_grad():
-            sim = simulate_circuit(circuit.detached(), T, batch=circuit.batch_size(spike_input),
-                                   timing=self.timing, spike_input=spike_input)
+            frozen = circuit.detached()
+            # a method whose training changes the neurons every step (DSR's thresholds) would
+            # need a new graph per step: its training runs eagerly
+            if self.graphs is not None and (not self.training or self.method.external_forward):
+                sim = self.graphs(frozen, T, timing=self.timing, spike_input=spike_input,
+                                  spike_dtype=self.spike_dtype)
+            else:
+                sim = simulate_circuit(frozen, T, batch=circuit.batch_size(spike_input),
+                                       timing=self.timing, spike_input=spike_input,
+                                       spike_dtype=self.spike_dtype)
         return sim.rates
 
     def readout_input(self, rates: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -262,7 +282,7 @@ class FeedbackSNN(nn.Module):
                 layer.update_bn(rates[_pop(i)].detach())  # a no-op when batch norm is frozen
         else:
             rates = self.simulate(circuit, T, spikes)
-        self.last_rates = {k: float(v.detach().mean()) for k, v in rates.items()}
+        self.last_rates = {k: v.detach().mean() for k, v in rates.items()}  # no host sync
         return self.classifier(self.readout_input(rates))
 
     def method_stats(self) -> dict[str, float]:

@@ -47,12 +47,13 @@ def fixed_point(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, 
 
 
 def broyden(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max_iter: int,
-            tol: float) -> tuple[torch.Tensor, SolveStats]:
+            tol: float, memory: int | None = None) -> tuple[torch.Tensor, SolveStats]:
     """Limited-memory "good" Broyden on F(x) = G(x) - x, one inverse-Jacobian estimate per sample.
 
     The estimate is H = -I + sum_i u_i v_i^T (so the first step is a fixed-point step); after a
     step s with change y in F it is updated so that H y = s, with the smallest change in H^T s
-    direction. Keeps the iterate with the lowest residual.
+    direction. Keeps the iterate with the lowest residual. ``memory`` caps the stored pairs
+    (u_i, v_i), two state-sized tensors each: the oldest is dropped first.
     """
     B = x0.shape[0]
     x = x0.reshape(B, -1)
@@ -98,14 +99,16 @@ def broyden(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max_
         v = Ht(step)
         us.append(torch.nan_to_num(u))
         vs.append(torch.nan_to_num(v))
+        if memory is not None and len(us) > memory:
+            del us[0], vs[0]
         x, fx = x_new, f_new
     return best.view(shape), SolveStats(max_iter, best_res, best_res < tol)
 
 
 def solve(method: str, G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *,
-          max_iter: int, tol: float) -> tuple[torch.Tensor, SolveStats]:
+          max_iter: int, tol: float, memory: int | None = None) -> tuple[torch.Tensor, SolveStats]:
     if method == "broyden":
-        return broyden(G, x0, max_iter=max_iter, tol=tol)
+        return broyden(G, x0, max_iter=max_iter, tol=tol, memory=memory)
     if method == "fixed_point":
         return fixed_point(G, x0, max_iter=max_iter, tol=tol)
     raise ValueError(f"solver: unknown method {method!r}; known: {', '.join(SOLVERS)}")

@@ -33,8 +33,10 @@ def model_from_config(cfg: Config, *, num_classes: int, labels: list[str] | None
                        neuron=neuron_from_config(cfg), dropout=cfg.dropout,
                        input_shape=input_shape, timing=cfg.timing,
                        adjoint=AdjointConfig(cfg.method.solver, cfg.method.max_iter,
-                                             cfg.method.tol),
-                       labels=labels, method=method_from_config(cfg.method))
+                                             cfg.method.tol, cfg.method.memory),
+                       labels=labels, method=method_from_config(cfg.method)).set_speed(
+        cuda_graphs=cfg.train.cuda_graphs,
+        spike_dtype=None if cfg.train.spike_dtype == "float32" else torch.bfloat16)
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -88,15 +90,19 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 def train_epoch(model: FeedbackSNN, batches: Batches, optimizer: torch.optim.Optimizer,
                 scheduler: torch.optim.lr_scheduler.LRScheduler | None, device: torch.device,
-                *, on_batch: Callable[[int, float], None] | None = None,
+                *, on_batch: Callable[[int, torch.Tensor], None] | None = None,
                 ide_model: FeedbackSNN | None = None) -> EpochStats:
     """One pass over ``batches``. ``model`` may be a DDP wrapper; ``ide_model`` is the inner
-    FeedbackSNN whose method statistics and rates are reported (defaults to ``model``)."""
+    FeedbackSNN whose method statistics and rates are reported (defaults to ``model``).
+
+    ``on_batch(i, loss)`` gets the batch's loss as a 0-d tensor on the device: converting it
+    (``float(loss)``) waits for the GPU, so a progress callback does it only when it prints.
+    Nothing else in the loop waits for the device."""
     inner = ide_model or model
     model.train()
     inner.reset_method_stats()
     loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-    rate_sum: dict[str, float] = {}
+    rate_sum: dict[str, torch.Tensor] = {}
     start = time.perf_counter()
     for i, (x, y) in enumerate(batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -111,13 +117,14 @@ def train_epoch(model: FeedbackSNN, batches: Batches, optimizer: torch.optim.Opt
         correct += (logits.detach().argmax(1) == y).sum()
         seen += y.shape[0]
         for k, v in inner.last_rates.items():
-            rate_sum[k] = rate_sum.get(k, 0.0) + v * y.shape[0]
+            rate_sum[k] = rate_sum[k] + v * y.shape[0] if k in rate_sum else v * y.shape[0]
         if on_batch is not None:
-            on_batch(i, float(loss.detach()))
-    seconds = time.perf_counter() - start
+            on_batch(i, loss.detach())
     n = max(seen, 1)
-    return EpochStats(float(loss_sum) / n, float(correct) / n, seen, seconds,
-                      {k: v / n for k, v in rate_sum.items()}, inner.method_stats())
+    loss_mean, accuracy = float(loss_sum) / n, float(correct) / n  # waits for the device
+    seconds = time.perf_counter() - start
+    return EpochStats(loss_mean, accuracy, seen, seconds,
+                      {k: float(v) / n for k, v in rate_sum.items()}, inner.method_stats())
 
 
 @torch.no_grad()
@@ -134,7 +141,7 @@ def evaluate(model: nn.Module, batches: Batches, device: torch.device) -> EpochS
         correct += int((logits.argmax(1) == y).sum())
         seen += y.shape[0]
         for k, v in getattr(inner, "last_rates", {}).items():
-            rate_sum[k] = rate_sum.get(k, 0.0) + v * y.shape[0]
+            rate_sum[k] = rate_sum.get(k, 0.0) + float(v) * y.shape[0]
     n = max(seen, 1)
     return EpochStats(loss_sum / n, correct / n, seen, time.perf_counter() - start,
                       {k: v / n for k, v in rate_sum.items()}, {})

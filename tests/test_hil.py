@@ -163,7 +163,7 @@ def test_dead_simulator_worker_is_restarted_and_the_epoch_retried(ray_local: Non
         try:
             attach(model, pool)
 
-            def on_batch(i: int, loss: float) -> None:
+            def on_batch(i: int, loss: torch.Tensor) -> None:
                 seen.append(i)
                 if i == kill_at and not killed:
                     pid = pool.pids()[0]
@@ -200,7 +200,7 @@ def test_a_worker_that_stays_dead_fails_the_epoch_clearly(ray_local: None) -> No
         attach(model, pool)
         data = [(torch.rand(4, 8), torch.randint(0, 4, (4,))) for _ in range(3)]
 
-        def on_batch(i: int, loss: float) -> None:
+        def on_batch(i: int, loss: torch.Tensor) -> None:
             if i == 0:
                 os.kill(pool.pids()[0], signal.SIGKILL)
 

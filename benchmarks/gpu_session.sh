@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The GPU checks of issues #12 (speed) and #8 (epoch energy) as one prepared run on a lent GPU
+# machine (its image has PyTorch, NumPy, PyYAML, safetensors and nvidia-ml-py, no network).
+#
+#   here:   make gpu-bundle          # .gpu/: pydantic wheels for that Python + MNIST, gzipped
+#   there:  bash benchmarks/gpu_session.sh   (results under $OUT, default /tmp/gpu_out)
+#
+# Each part has its own time limit and the run goes on when one fails; everything it prints is
+# also in $OUT/session.log. At most 9 minutes (the sum of the limits): run it with timeout_s 560.
+set -u
+OUT=${OUT:-/tmp/gpu_out}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/session.log") 2>&1
+export PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+cd "$(dirname "$0")/.."
+if [ -d .gpu/whl ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/fsnn_site .gpu/whl/*.whl || echo "wheel install failed"
+  export PYTHONPATH=/tmp/fsnn_site${PYTHONPATH:+:$PYTHONPATH}
+fi
+mkdir -p /tmp/fsnn_pkg && ln -sfn "$PWD" /tmp/fsnn_pkg/fsnn   # import fsnn from this checkout
+export PYTHONPATH=/tmp/fsnn_pkg:$PYTHONPATH
+export FSNN_DATA=${FSNN_DATA:-/tmp/fsnn_data}
+if [ -d .gpu/data/mnist ]; then
+  mkdir -p "$FSNN_DATA/mnist"
+  for f in .gpu/data/mnist/*.gz; do gunzip -c "$f" > "$FSNN_DATA/mnist/$(basename "${f%.gz}")"; done
+  cp .gpu/data/mnist/.verified "$FSNN_DATA/mnist/"
+fi
+nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+
+part() {  # part SECONDS NAME COMMAND...
+  local limit=$1 name=$2; shift 2
+  echo; echo "=== $name ($(date +%T), limit ${limit}s)"
+  local t0=$SECONDS
+  timeout "$limit" "$@" || echo "=== $name: exit $?"
+  echo "=== $name: $((SECONDS - t0)) s"
+}
+B=benchmarks
+part 60 graph-check $PY $B/graph_check.py --out "$OUT/graph_check.json"
+part 150 throughput $PY $B/throughput.py --models f64c5,alexnet_f --T 30 --iters 20 \
+  --variants eager,graphs,graphs+bf16,graphs+bf16+cl --out "$OUT/throughput.json"
+part 60 throughput-t100 $PY $B/throughput.py --models alexnet_f --T 100 --iters 10 \
+  --variants eager,graphs+bf16 --out "$OUT/throughput_t100.json"
+part 45 throughput-if $PY $B/throughput.py --models alexnet_f --T 30 --neuron IF --iters 10 \
+  --variants eager,graphs+bf16 --out "$OUT/throughput_if.json"
+part 120 speed-accuracy $PY $B/speed_accuracy.py --variants eager,graphs,graphs+bf16 \
+  --epochs 2 --train-limit 20000 --out "$OUT/speed_accuracy.json"
+part 90 energy $PY $B/energy_check.py --out "$OUT/energy_check.json"
+echo "done $(date +%T)"

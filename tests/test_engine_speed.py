@@ -1,0 +1,166 @@
+"""The engine's fast paths: the in-place graph-free step, spikes in bfloat16, CUDA-graph replay
+(which falls back to the eager run off CUDA), and the config that turns them on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from nets import dense_net, small_model
+
+from fsnn.platform.config import ConfigError, load_config
+from fsnn.platform.engine import Circuit, SimResult, circuit_from_network, simulate_circuit
+from fsnn.platform.graphs import GraphedSimulator, structure_key
+from fsnn.platform.methods.tsbp import surrogate_spike
+from fsnn.platform.spec import INPUT, Neuron, Projection
+from fsnn.platform.trainer import model_from_config
+
+NEURONS = [Neuron("IF", v_th=1.0), Neuron("LIF", v_th=0.8, leak=0.9),
+           Neuron("IF", v_th=1.0, reset="to_value", v_reset=-0.1),
+           Neuron("LIF", v_th=0.7, leak=0.95, reset="to_value", v_reset=0.05)]
+
+
+def _graph_path(circuit: Circuit, T: int, batch: int, **kw: object) -> SimResult:
+    """The BPTT loop (every step kept in an autograd graph): out-of-place arithmetic."""
+    weights = [q.weight.detach().clone().requires_grad_(True) for q in circuit.projections]
+    live = Circuit(circuit.populations,
+                   [Projection(q.name, q.source, q.target, q.kind, w, q.bias, q.stride, q.padding,
+                               q.output_padding, q.delay, q.feedback)
+                    for q, w in zip(circuit.projections, weights, strict=True)],
+                   circuit.const, circuit.masks)
+    return simulate_circuit(live, T, batch=batch, spike_fn=surrogate_spike("rectangle", 1.0),
+                            **kw)  # type: ignore[arg-type]
+
+
+def _assert_same(a: SimResult, b: SimResult) -> None:
+    for k in b.rates:
+        assert torch.equal(a.rates[k], b.rates[k].detach()), k
+        assert torch.equal(a.counts[k], b.counts[k].detach()), k
+    if b.trains is not None:
+        assert a.trains is not None
+        for k in b.trains:
+            assert torch.equal(a.trains[k], b.trains[k].detach()), k
+    if b.window_rates is not None:
+        assert a.window_rates is not None
+        for k in b.window_rates:
+            assert torch.equal(a.window_rates[k], b.window_rates[k].detach()), k
+
+
+@pytest.mark.parametrize("timing", ["ide", "deploy"])
+@pytest.mark.parametrize("neuron", NEURONS)
+def test_inplace_step_is_bit_identical_to_the_graph_keeping_step(timing: str,
+                                                                  neuron: Neuron) -> None:
+    net = dense_net(neuron=neuron, T=25)
+    x = torch.rand(4, 6, dtype=torch.float64) * 2
+    circuit, _ = circuit_from_network(net, x)
+    kw = {"timing": timing, "record_trains": True, "window_start": 7}
+    fast = simulate_circuit(circuit, 25, batch=4, **kw)  # type: ignore[arg-type]
+    _assert_same(fast, _graph_path(circuit, 25, 4, **kw))
+    assert sum(float(c.sum()) for c in fast.counts.values()) > 20  # not a silent net
+
+
+def test_inplace_step_with_masks_spike_input_and_a_population_without_input() -> None:
+    """Conv ring with dropout masks, spike input, and a population fed by nothing but a bias."""
+    g = torch.Generator().manual_seed(3)
+    model = small_model("conv", neuron=Neuron("LIF", v_th=0.6, leak=0.9), dropout=0.3)
+    model.train()
+    x = torch.rand(5, 1, 8, 8, generator=g) * 3
+    circuit, _, _ = model.prepare(x, 20)
+    assert circuit.masks, "the model should have sampled dropout masks"
+    frozen = circuit.detached()
+    fast = simulate_circuit(frozen, 20, batch=5, record_trains=True)
+    _assert_same(fast, _graph_path(frozen, 20, 5, record_trains=True))
+
+    spikes = (torch.rand(12, 3, 6, generator=g) < 0.4).double()
+    net = dense_net(neuron=Neuron("IF", v_th=0.9), T=12)
+    net.projections[0] = Projection("in", INPUT, "a", "dense", net.projections[0].weight,
+                                    net.projections[0].bias)
+    circuit, _ = circuit_from_network(net, torch.rand(3, 6, dtype=torch.float64))
+    spiking = Circuit(circuit.populations, [*circuit.projections, net.projections[0]],
+                      {"b": circuit.const["b"], "a": circuit.const["a"]})
+    fast = simulate_circuit(spiking, 12, batch=3, spike_input=spikes)
+    _assert_same(fast, _graph_path(spiking, 12, 3, spike_input=spikes))
+    only_bias = Circuit(circuit.populations[:1], [], {"a": circuit.const["a"]})
+    got = simulate_circuit(only_bias, 12, batch=3)
+    _assert_same(got, _graph_path(only_bias, 12, 3))
+
+
+def test_bfloat16_spikes_change_only_what_rounding_the_products_changes() -> None:
+    """Spikes are exact in bfloat16; the result must equal a float32 run whose weights were
+    rounded to bfloat16, up to the rounding of the products (a few spikes near threshold)."""
+    torch.manual_seed(0)
+    model = small_model("conv", neuron=Neuron("LIF", v_th=1.0, leak=0.95), T=30).eval()
+    x = torch.rand(16, 1, 8, 8) * 2
+    circuit, _, _ = model.prepare(x, 30)
+    frozen = circuit.detached()
+    fast = simulate_circuit(frozen, 30, batch=16, spike_dtype=torch.bfloat16)
+    rounded = Circuit(frozen.populations,
+                      [Projection(q.name, q.source, q.target, q.kind,
+                                  q.weight.to(torch.bfloat16).float(), None, q.stride, q.padding,
+                                  q.output_padding, q.delay, q.feedback)
+                       for q in frozen.projections], frozen.const)
+    reference = simulate_circuit(rounded, 30, batch=16)
+    exact = simulate_circuit(frozen, 30, batch=16)
+    for k in reference.counts:
+        assert fast.rates[k].dtype == torch.float32  # membranes and rates stay float32
+        differ = float((fast.counts[k] != reference.counts[k]).float().mean())
+        assert differ < 0.02, f"{k}: {differ:.1%} of counts differ"
+        assert float((fast.rates[k] - exact.rates[k]).abs().mean()) < 0.01
+        assert float(reference.counts[k].sum()) > 100
+    with pytest.raises(Exception, match="spike_dtype"):
+        simulate_circuit(frozen, 5, batch=16, spike_dtype=torch.bfloat16,
+                         spike_fn=surrogate_spike("rectangle", 1.0))
+
+
+def test_cuda_graphs_fall_back_to_the_eager_run_off_cuda() -> None:
+    torch.manual_seed(1)
+    plain = small_model("dense", T=20).eval()
+    fast = small_model("dense", T=20).eval()
+    fast.load_state_dict(plain.state_dict())
+    fast.set_speed(cuda_graphs=True)
+    x = torch.rand(6, 8)
+    with torch.no_grad():
+        assert torch.equal(fast(x), plain(x))
+    assert fast.graphs is not None
+    assert (fast.graphs.stats.captures, fast.graphs.stats.eager) == (0, 1)
+
+
+def test_the_graph_key_holds_structure_not_values() -> None:
+    net = dense_net(T=10)
+    x = torch.rand(3, 6, dtype=torch.float64)
+    circuit, _ = circuit_from_network(net, x)
+    key = structure_key(circuit, 10, 3, "ide", None, None)
+    other = Circuit(circuit.populations,
+                    [Projection(q.name, q.source, q.target, q.kind, q.weight * 2, q.bias,
+                                q.stride, q.padding, q.output_padding, q.delay, q.feedback)
+                     for q in circuit.projections], {k: v + 1 for k, v in circuit.const.items()})
+    assert structure_key(other, 10, 3, "ide", None, None) == key  # new values: same graph
+    assert structure_key(circuit, 11, 3, "ide", None, None) != key
+    assert structure_key(circuit, 10, 4, "ide", None, None) != key
+    assert structure_key(circuit, 10, 3, "deploy", None, None) != key
+    assert structure_key(circuit, 10, 3, "ide", None, torch.bfloat16) != key
+    hotter = Circuit([type(p)(p.name, p.shape, Neuron("IF", v_th=2.0))
+                      for p in circuit.populations], circuit.projections, circuit.const)
+    assert structure_key(hotter, 10, 3, "ide", None, None) != key
+    assert GraphedSimulator().max_graphs >= 2  # a training and an evaluation batch
+
+
+def test_config_turns_the_speed_ups_on(tmp_path) -> None:
+    cfg = load_config(None, ["model=f400", "train.spike_dtype=bfloat16"])
+    model = model_from_config(cfg, num_classes=10)
+    assert model.spike_dtype == torch.bfloat16 and model.graphs is not None
+    cfg = load_config(None, ["model=f400", "train.cuda_graphs=false"])
+    model = model_from_config(cfg, num_classes=10)
+    assert model.spike_dtype is None and model.graphs is None
+    with pytest.raises(ConfigError, match="spike_dtype"):
+        load_config(None, ["train.spike_dtype=fp8"])
+
+
+def test_a_model_with_graphs_can_be_copied() -> None:
+    import copy
+
+    model = small_model("dense", T=5).set_speed(cuda_graphs=True)
+    assert model.graphs is not None
+    model.graphs.stats.captures = 3
+    clone = copy.deepcopy(model)
+    assert clone.graphs is not None and clone.graphs is not model.graphs
+    assert clone.graphs.stats.captures == 0 and clone.graphs.max_graphs == model.graphs.max_graphs

@@ -1,0 +1,63 @@
+"""The adjoint root finders on linear systems with a known solution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fsnn.platform.config import load_config
+from fsnn.platform.solvers import broyden, fixed_point, solve
+from fsnn.platform.trainer import model_from_config
+
+
+def _system(seed: int = 0, batch: int = 3, n: int = 40, radius: float = 0.9):
+    """G(g) = A_b g + c_b per sample, with spectral radius of A_b below ``radius``."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(batch, n, n, generator=g, dtype=torch.float64)
+    a = a / torch.linalg.matrix_norm(a, ord=2).view(-1, 1, 1) * radius
+    c = torch.randn(batch, n, generator=g, dtype=torch.float64)
+    exact = torch.linalg.solve(torch.eye(n, dtype=torch.float64) - a, c)
+    return (lambda x: torch.einsum("bij,bj->bi", a, x) + c), c, exact
+
+
+@pytest.mark.parametrize("memory", [None, 1, 3, 10])
+def test_broyden_finds_the_solution_with_any_memory(memory: int | None) -> None:
+    G, c, exact = _system()
+    x, stats = broyden(G, c, max_iter=200, tol=1e-10, memory=memory)
+    assert stats.converged, stats
+    assert float((x - exact).norm() / exact.norm()) < 1e-8
+
+
+def test_a_memory_larger_than_the_iterations_changes_nothing() -> None:
+    G, c, _ = _system(seed=1)
+    full, s_full = broyden(G, c, max_iter=25, tol=1e-9)
+    capped, s_capped = broyden(G, c, max_iter=25, tol=1e-9, memory=s_full.iterations + 1)
+    assert torch.equal(full, capped) and s_full == s_capped
+    short, s_short = broyden(G, c, max_iter=25, tol=1e-9, memory=2)
+    assert not torch.equal(full, short)  # the cap does act once the history is longer
+    assert s_short.iterations >= s_full.iterations
+
+
+def test_broyden_needs_fewer_iterations_than_fixed_point() -> None:
+    """Eigenvalues spread up to 0.95: fixed-point steps shrink the slowest error by 0.95."""
+    g = torch.Generator().manual_seed(2)
+    q, _ = torch.linalg.qr(torch.randn(2, 40, 40, generator=g, dtype=torch.float64))
+    lam = torch.linspace(0.0, 0.95, 40, dtype=torch.float64)
+    a = q @ torch.diag(lam) @ q.transpose(1, 2)
+    c = torch.randn(2, 40, generator=g, dtype=torch.float64)
+    exact = torch.linalg.solve(torch.eye(40, dtype=torch.float64) - a, c)
+
+    def G(x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bij,bj->bi", a, x) + c
+
+    _, sb = solve("broyden", G, c, max_iter=500, tol=1e-8)
+    xf, sf = fixed_point(G, c, max_iter=500, tol=1e-8)
+    assert sb.converged and sf.converged
+    assert sb.iterations < sf.iterations / 3
+    assert float((xf - exact).norm() / exact.norm()) < 1e-6
+
+
+def test_config_passes_the_memory_to_the_model() -> None:
+    cfg = load_config(None, ["method.memory=4"])
+    assert model_from_config(cfg, num_classes=10).adjoint.memory == 4
+    assert model_from_config(load_config(None), num_classes=10).adjoint.memory is None
