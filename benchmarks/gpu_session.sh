@@ -6,7 +6,7 @@
 #   there:  bash benchmarks/gpu_session.sh   (results under $OUT, default /tmp/gpu_out)
 #
 # Each part has its own time limit and the run goes on when one fails; everything it prints is
-# also in $OUT/session.log. At most 9 minutes (the sum of the limits): run it with timeout_s 560.
+# also in $OUT/session.log. At most 9 1/4 minutes (the sum of the limits): run it with timeout_s 580.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -39,13 +39,13 @@ part() {  # part SECONDS NAME COMMAND...
 }
 B=benchmarks
 part 60 graph-check $PY $B/graph_check.py --out "$OUT/graph_check.json"
-part 150 throughput $PY $B/throughput.py --models f64c5,alexnet_f --T 30 --iters 20 \
-  --variants eager,graphs,graphs+bf16,graphs+bf16+cl --out "$OUT/throughput.json"
+part 180 throughput $PY $B/throughput.py --models f64c5,alexnet_f --T 30 --iters 20 \
+  --variants eager,graphs,graphs+bf16,graphs+fp,graphs+bf16+fp --out "$OUT/throughput.json"
 part 60 throughput-t100 $PY $B/throughput.py --models alexnet_f --T 100 --iters 10 \
-  --variants eager,graphs+bf16 --out "$OUT/throughput_t100.json"
+  --variants eager,graphs+bf16+fp --out "$OUT/throughput_t100.json"
 part 45 throughput-if $PY $B/throughput.py --models alexnet_f --T 30 --neuron IF --iters 10 \
-  --variants eager,graphs+bf16 --out "$OUT/throughput_if.json"
-part 120 speed-accuracy $PY $B/speed_accuracy.py --variants eager,graphs,graphs+bf16 \
-  --epochs 2 --train-limit 20000 --out "$OUT/speed_accuracy.json"
+  --variants eager,graphs+bf16+fp --out "$OUT/throughput_if.json"
+part 120 speed-accuracy $PY $B/speed_accuracy.py --variants eager,graphs+bf16,graphs+bf16+fp \
+  --seeds 2 --epochs 2 --train-limit 20000 --out "$OUT/speed_accuracy.json"
 part 90 energy $PY $B/energy_check.py --out "$OUT/energy_check.json"
 echo "done $(date +%T)"

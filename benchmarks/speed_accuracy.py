@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import table, write_json
 
 SETTINGS = {"eager": ["train.cuda_graphs=false"], "graphs": ["train.cuda_graphs=true"],
-            "bf16": ["train.spike_dtype=bfloat16"]}
+            "bf16": ["train.spike_dtype=bfloat16"], "fp": ["method.solver=fixed_point"]}
 
 
 def overrides_for(variant: str) -> list[str]:

@@ -9,7 +9,8 @@ multiplied in bfloat16: ``train.spike_dtype``), ``+cl`` (channels-last weights a
 ``+m4`` (Broyden keeps 4 update pairs: ``method.memory``), ``+fp`` (fixed-point adjoint solver).
 
 Each configuration runs in a fresh subprocess. Peak memory: on CUDA the peak of torch's
-allocator over the training steps; on CPU (no allocator statistics) the bytes of tensors that
+allocator over the training steps (also the peak it reserved from the driver, which includes
+CUDA graphs' private memory pools); on CPU (no allocator statistics) the bytes of tensors that
 autograd saves for the backward pass of one step — the part of training memory that would grow
 with T under backpropagation through time.
 The IDE paper's official code on an H100 (fp32, batch 128) is the anchor: MNIST F64C5 LIF T=30
@@ -96,6 +97,8 @@ def measure(model_name: str, T: int, batch: int, iters: int, device: str,
     sync()
     train_s = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else graph
+    # reserved: what the process holds from the driver, CUDA graphs' private pools included
+    reserved = torch.cuda.max_memory_reserved() / 2**20 if dev.type == "cuda" else None
     model.eval()
     with torch.no_grad():
         model(x)
@@ -113,7 +116,7 @@ def measure(model_name: str, T: int, batch: int, iters: int, device: str,
             f"{graphs.captures} captured, {graphs.replays} replays" if graphs.captures else
             "eager (no CUDA)",
             "train_img_s": batch * iters / train_s, "eval_img_s": batch * iters / eval_s,
-            "train_peak_mib": peak, "graph_mib": graph,
+            "train_peak_mib": peak, "train_reserved_mib": reserved or "-", "graph_mib": graph,
             "adjoint_iters": model.adjoint_log.summary().get("adjoint_iterations", 0.0)}
 
 
@@ -180,6 +183,7 @@ def main() -> None:
         sys.exit("no configuration ran")
     print()
     columns = ["model", "neuron", "T", "variant", "train_img_s", "eval_img_s", "train_peak_mib",
+               "train_reserved_mib",
                "train_vs_anchor", "eval_vs_anchor", "peak_vs_anchor", "train_vs_first",
                "eval_vs_first", "adjoint_iters", "graphs"]
     print(table(rows, [c for c in columns if any(c in r for r in rows)]))

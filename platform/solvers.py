@@ -46,6 +46,11 @@ def fixed_point(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, 
     return best, SolveStats(max_iter, best_res, best_res < tol)
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample dot products of ``[B, N]`` tensors, as ``[B, 1]`` (one batched product)."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).squeeze(2)
+
+
 def broyden(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max_iter: int,
             tol: float, memory: int | None = None) -> tuple[torch.Tensor, SolveStats]:
     """Limited-memory "good" Broyden on F(x) = G(x) - x, one inverse-Jacobian estimate per sample.
@@ -67,16 +72,18 @@ def broyden(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max_
     us: list[torch.Tensor] = []
     vs: list[torch.Tensor] = []
 
+    # each pair costs two passes over state-sized tensors (a batched dot product, a fused
+    # multiply-add into `out`): on a GPU these products are bound by memory bandwidth
     def H(z: torch.Tensor) -> torch.Tensor:  # H z
         out = -z
         for u, v in zip(us, vs, strict=True):
-            out = out + u * (v * z).sum(1, keepdim=True)
+            out.addcmul_(u, _dot(v, z))
         return out
 
     def Ht(z: torch.Tensor) -> torch.Tensor:  # H^T z
         out = -z
         for u, v in zip(us, vs, strict=True):
-            out = out + v * (u * z).sum(1, keepdim=True)
+            out.addcmul_(v, _dot(u, z))
         return out
 
     best, best_res = x, _rel(fx, scale)
@@ -93,7 +100,7 @@ def broyden(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max_
             return x_new.view(shape), SolveStats(k, res, True)
         y = f_new - fx
         hy = H(y)
-        denom = (step * hy).sum(1, keepdim=True)
+        denom = _dot(step, hy)
         denom = torch.where(denom.abs() < 1e-30, torch.full_like(denom, 1e-30), denom)
         u = (step - hy) / denom
         v = Ht(step)
