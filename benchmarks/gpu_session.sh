@@ -6,7 +6,8 @@
 #   there:  bash benchmarks/gpu_session.sh   (results under $OUT, default /tmp/gpu_out)
 #
 # Each part has its own time limit and the run goes on when one fails; everything it prints is
-# also in $OUT/session.log. At most 9 1/4 minutes (the sum of the limits): run it with timeout_s 580.
+# also in $OUT/session.log. SMOKE=1 shrinks every part to seconds (tests/test_gpu_session.py runs
+# it so on the CPU, to keep the script working between GPU sessions). At most 9 1/4 minutes (the sum of the limits): run it with timeout_s 580.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -21,14 +22,24 @@ if [ -d .gpu/whl ]; then
 fi
 mkdir -p /tmp/fsnn_pkg && ln -sfn "$PWD" /tmp/fsnn_pkg/fsnn   # import fsnn from this checkout
 export PYTHONPATH=/tmp/fsnn_pkg:$PYTHONPATH
-export FSNN_DATA=${FSNN_DATA:-/tmp/fsnn_data}
 if [ -d .gpu/data/mnist ]; then
+  export FSNN_DATA=${FSNN_DATA:-/tmp/fsnn_data}
   mkdir -p "$FSNN_DATA/mnist"
   for f in .gpu/data/mnist/*.gz; do gunzip -c "$f" > "$FSNN_DATA/mnist/$(basename "${f%.gz}")"; done
   cp .gpu/data/mnist/.verified "$FSNN_DATA/mnist/"
 fi
-nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv
-$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv \
+  || echo "no nvidia-smi"
+$PY -c "import torch; print('torch', torch.__version__, 'CUDA:', torch.cuda.is_available() and
+torch.cuda.get_device_name(0))"
+if [ "${SMOKE:-0}" = 1 ]; then  # later options override earlier ones
+  S_GC="--models f400 --T 5 --batch 8"
+  S_TP="--models f400 --T 5 --batch 16 --iters 1"
+  S_SA="--model f400 --T 5 --train-limit 256 --test-limit 128 --epochs 1"
+  S_EN="--model f400 --T 3 --images 64"
+else
+  S_GC="" S_TP="" S_SA="" S_EN=""
+fi
 
 part() {  # part SECONDS NAME COMMAND...
   local limit=$1 name=$2; shift 2
@@ -38,14 +49,18 @@ part() {  # part SECONDS NAME COMMAND...
   echo "=== $name: $((SECONDS - t0)) s"
 }
 B=benchmarks
-part 60 graph-check $PY $B/graph_check.py --out "$OUT/graph_check.json"
+# word splitting of the $S_* options is intended
+# shellcheck disable=SC2086
+{
+part 60 graph-check $PY $B/graph_check.py --out "$OUT/graph_check.json" $S_GC
 part 180 throughput $PY $B/throughput.py --models f64c5,alexnet_f --T 30 --iters 20 \
-  --variants eager,graphs,graphs+bf16,graphs+fp,graphs+bf16+fp --out "$OUT/throughput.json"
+  --variants eager,graphs,graphs+bf16,graphs+fp,graphs+bf16+fp --out "$OUT/throughput.json" $S_TP
 part 60 throughput-t100 $PY $B/throughput.py --models alexnet_f --T 100 --iters 10 \
-  --variants eager,graphs+bf16+fp --out "$OUT/throughput_t100.json"
+  --variants eager,graphs+bf16+fp --out "$OUT/throughput_t100.json" $S_TP
 part 45 throughput-if $PY $B/throughput.py --models alexnet_f --T 30 --neuron IF --iters 10 \
-  --variants eager,graphs+bf16+fp --out "$OUT/throughput_if.json"
+  --variants eager,graphs+bf16+fp --out "$OUT/throughput_if.json" $S_TP
 part 120 speed-accuracy $PY $B/speed_accuracy.py --variants eager,graphs+bf16,graphs+bf16+fp \
-  --seeds 2 --epochs 2 --train-limit 20000 --out "$OUT/speed_accuracy.json"
-part 90 energy $PY $B/energy_check.py --out "$OUT/energy_check.json"
+  --seeds 2 --epochs 2 --train-limit 20000 --out "$OUT/speed_accuracy.json" $S_SA
+part 90 energy $PY $B/energy_check.py --out "$OUT/energy_check.json" $S_EN
+}
 echo "done $(date +%T)"

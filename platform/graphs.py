@@ -90,7 +90,9 @@ class GraphedSimulator:
                  spike_dtype: torch.dtype | None = None) -> SimResult:
         batch = circuit.batch_size(spike_input)
         ref = next(iter(circuit.const.values()), None)
-        device = ref.device if ref is not None else circuit.projections[0].weight.device
+        if ref is None and circuit.projections:
+            ref = circuit.projections[0].weight
+        device = ref.device if ref is not None else torch.device("cpu")
 
         def eager() -> SimResult:
             return simulate_circuit(circuit, T, batch=batch, timing=timing,
