@@ -21,7 +21,7 @@ if [ -d .gpu/whl ]; then
   export PYTHONPATH=/tmp/fsnn_site${PYTHONPATH:+:$PYTHONPATH}
 fi
 mkdir -p /tmp/fsnn_pkg && ln -sfn "$PWD" /tmp/fsnn_pkg/fsnn   # import fsnn from this checkout
-export PYTHONPATH=/tmp/fsnn_pkg:$PYTHONPATH
+export PYTHONPATH=/tmp/fsnn_pkg${PYTHONPATH:+:$PYTHONPATH}
 if [ -d .gpu/data/mnist ]; then
   export FSNN_DATA=${FSNN_DATA:-/tmp/fsnn_data}
   mkdir -p "$FSNN_DATA/mnist"
