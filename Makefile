@@ -37,7 +37,7 @@ bench-throughput: venv
 	$(PY) benchmarks/throughput.py
 
 # What benchmarks/gpu_session.sh needs on a GPU machine without network: pydantic's wheels for
-# its Python (3.12) and MNIST. .gpu/ is ignored by git (add /.gpu/ to .git/info/exclude).
+# its Python (3.12) and MNIST, into .gpu/ (ignored by git).
 GPU_PY ?= 3.12
 gpu-bundle: data
 	mkdir -p .gpu/whl .gpu/data/mnist

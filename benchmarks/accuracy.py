@@ -38,13 +38,15 @@ def main() -> None:
     ap.add_argument("--test-limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--solver", default=None, help="IDE adjoint solver (default: the config's)")
     ap.add_argument("--out", default="benchmarks/results/accuracy.json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(None, [f"model={args.model}", f"neuron={args.neuron}", f"T={args.T}",
                              f"data.name={args.data}", f"train.epochs={args.epochs}",
-                             f"optim.milestones=[{args.milestones}]", f"train.seed={args.seed}"])
+                             f"optim.milestones=[{args.milestones}]", f"train.seed={args.seed}",
+                             *([f"method.solver={args.solver}"] if args.solver else [])])
     torch.manual_seed(cfg.train.seed)
     info = DATASETS[cfg.data.name]
     xtr, ytr = load_dataset(cfg.data.name, "train", limit=args.train_limit)

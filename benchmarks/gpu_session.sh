@@ -2,12 +2,14 @@
 # The GPU checks of issues #12 (speed) and #8 (epoch energy) as one prepared run on a lent GPU
 # machine (its image has PyTorch, NumPy, PyYAML, safetensors and nvidia-ml-py, no network).
 #
-#   here:   make gpu-bundle          # .gpu/: pydantic wheels for that Python + MNIST, gzipped
+#   here:   make gpu-bundle          # .gpu/ (git-ignored): pydantic wheels for its Python + MNIST
 #   there:  bash benchmarks/gpu_session.sh   (results under $OUT, default /tmp/gpu_out)
+#   (with the device tool: run command "bash benchmarks/gpu_session.sh", carry [".gpu"])
 #
 # Each part has its own time limit and the run goes on when one fails; everything it prints is
 # also in $OUT/session.log. SMOKE=1 shrinks every part to seconds (tests/test_gpu_session.py runs
-# it so on the CPU, to keep the script working between GPU sessions). At most 9 1/4 minutes (the sum of the limits): run it with timeout_s 580.
+# it so on the CPU, to keep the script working between GPU sessions). At most 9 1/2 minutes (the
+# sum of the limits): run it with timeout_s 590.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -52,14 +54,15 @@ B=benchmarks
 # word splitting of the $S_* options is intended
 # shellcheck disable=SC2086
 {
-part 60 graph-check $PY $B/graph_check.py --out "$OUT/graph_check.json" $S_GC
-part 180 throughput $PY $B/throughput.py --models f64c5,alexnet_f --T 30 --iters 20 \
-  --variants eager,graphs,graphs+bf16,graphs+fp,graphs+bf16+fp --out "$OUT/throughput.json" $S_TP
+part 45 graph-check $PY $B/graph_check.py --out "$OUT/graph_check.json" $S_GC
+part 210 throughput $PY $B/throughput.py --models f64c5,alexnet_f --T 30 --iters 20 \
+  --variants eager+br,eager,graphs,graphs+bf16,graphs+br,graphs+fp \
+  --out "$OUT/throughput.json" $S_TP
 part 60 throughput-t100 $PY $B/throughput.py --models alexnet_f --T 100 --iters 10 \
-  --variants eager,graphs+bf16+fp --out "$OUT/throughput_t100.json" $S_TP
+  --variants eager+br,graphs+bf16 --out "$OUT/throughput_t100.json" $S_TP
 part 45 throughput-if $PY $B/throughput.py --models alexnet_f --T 30 --neuron IF --iters 10 \
-  --variants eager,graphs+bf16+fp --out "$OUT/throughput_if.json" $S_TP
-part 120 speed-accuracy $PY $B/speed_accuracy.py --variants eager,graphs+bf16,graphs+bf16+fp \
+  --variants eager+br,graphs+bf16 --out "$OUT/throughput_if.json" $S_TP
+part 120 speed-accuracy $PY $B/speed_accuracy.py --variants eager+br,graphs,graphs+bf16 \
   --seeds 2 --epochs 2 --train-limit 20000 --out "$OUT/speed_accuracy.json" $S_SA
 part 90 energy $PY $B/energy_check.py --out "$OUT/energy_check.json" $S_EN
 }

@@ -1,6 +1,6 @@
 """Do the speed-ups change what training learns? The same short real-data run, with and without.
 
-    python benchmarks/speed_accuracy.py [--variants eager,graphs+bf16] [--epochs 2]
+    python benchmarks/speed_accuracy.py [--variants eager+br,graphs,graphs+bf16] [--epochs 2]
         [--model f64c5] [--data mnist] [--T 30] [--train-limit 20000]
 
 Every variant starts from the same seed (same initial weights, same batches, same dropout
@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import table, write_json
 
 SETTINGS = {"eager": ["train.cuda_graphs=false"], "graphs": ["train.cuda_graphs=true"],
-            "bf16": ["train.spike_dtype=bfloat16"], "fp": ["method.solver=fixed_point"]}
+            "bf16": ["train.spike_dtype=bfloat16"], "fp": ["method.solver=fixed_point"],
+            "aa": ["method.solver=anderson"], "br": ["method.solver=broyden"]}
 
 
 def overrides_for(variant: str) -> list[str]:
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace, variant: str, seed: int) -> list[dict[str, Any
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default="eager,graphs+bf16")
+    ap.add_argument("--variants", default="eager+br,graphs,graphs+bf16")
     ap.add_argument("--model", default="f64c5")
     ap.add_argument("--data", default="mnist")
     ap.add_argument("--neuron", default="LIF")

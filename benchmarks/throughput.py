@@ -1,12 +1,14 @@
 """Training and evaluation throughput (images/s) and peak memory of zoo models, random data.
 
     python benchmarks/throughput.py [--models f64c5,alexnet_f] [--T 30,100] [--batch 128]
-        [--variants eager,graphs,graphs+bf16]
+        [--variants eager+br,eager,graphs,graphs+bf16]
 
 Variants, measured side by side in one run: ``eager`` (the time loop launched op by op),
 ``graphs`` (the loop replayed as a CUDA graph: ``train.cuda_graphs``), ``+bf16`` (spikes
 multiplied in bfloat16: ``train.spike_dtype``), ``+cl`` (channels-last weights and inputs),
-``+m4`` (Broyden keeps 4 update pairs: ``method.memory``), ``+fp`` (fixed-point adjoint solver).
+``+m4`` (Broyden keeps 4 update pairs / Anderson mixes 4: ``method.memory``), ``+br``, ``+fp``,
+``+aa`` (the adjoint solver, ``method.solver``: Broyden as in the IDE paper, fixed point,
+Anderson; without one, the default: Anderson).
 
 Each configuration runs in a fresh subprocess. Peak memory: on CUDA the peak of torch's
 allocator over the training steps (also the peak it reserved from the driver, which includes
@@ -38,7 +40,7 @@ SHAPES = {"f64c5": (1, 28, 28), "f400": (1, 28, 28), "alexnet_f": (3, 32, 32),
           "cifarnet_f": (3, 32, 32)}
 
 
-PARTS = ("eager", "graphs", "bf16", "cl", "fp")
+PARTS = ("eager", "graphs", "bf16", "cl", "br", "fp", "aa")
 
 
 def variant_parts(variant: str) -> list[str]:
@@ -64,7 +66,9 @@ def measure(model_name: str, T: int, batch: int, iters: int, device: str,
 
     parts = variant_parts(variant)
     memory = next((int(p[1:]) for p in parts if p[:1] == "m"), None)
-    adjoint = AdjointConfig("fixed_point" if "fp" in parts else "broyden", memory=memory)
+    solver = {"br": "broyden", "fp": "fixed_point", "aa": "anderson"}
+    adjoint = AdjointConfig(next((solver[p] for p in parts if p in solver),
+                                 AdjointConfig().method), memory=memory)
     model = build_model(model_name, T=T, neuron=n, adjoint=adjoint).to(dev)
     model.set_speed(cuda_graphs="graphs" in parts,
                     spike_dtype=torch.bfloat16 if "bf16" in parts else None)
@@ -128,7 +132,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--neuron", default="LIF")
-    ap.add_argument("--variants", default="eager,graphs,graphs+bf16",
+    ap.add_argument("--variants", default="eager+br,eager,graphs,graphs+bf16",
                     help=f"comma-separated; each joins parts with +: {', '.join(PARTS)}, m<N>")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="benchmarks/results/throughput.json")

@@ -50,11 +50,13 @@ class MethodConfig(_Strict):
     name: Literal["ide", "tsbp", "dsr", "spide"] = Field(
         "ide", description="ide | tsbp (BPTT, surrogate) | dsr (spike representation) | spide")
     # ide
-    solver: Literal["broyden", "fixed_point"] = "broyden"
+    solver: Literal["anderson", "broyden", "fixed_point"] = Field(
+        "anderson", description="adjoint solver (README: 'Speed on a GPU' has the measurements)")
     max_iter: int = Field(30, gt=0, description="adjoint solver iteration cap")
     tol: float = Field(1e-4, gt=0, description="relative residual to stop the adjoint solve")
     memory: int | None = Field(None, gt=0, description="Broyden: update pairs kept (each two "
-                               "state-sized tensors; unset: all, up to max_iter)")
+                               "state-sized tensors; unset: all, up to max_iter); Anderson: "
+                               "iterates mixed (unset: 5)")
     # tsbp
     surrogate: Literal["rectangle", "sigmoid"] = Field(
         "rectangle", description="surrogate derivative of the spike's Heaviside")

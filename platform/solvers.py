@@ -1,8 +1,9 @@
 """Root finders for the adjoint system of implicit differentiation.
 
-Both solve ``g = G(g)`` for a map ``G`` on a batch of vectors ``[B, N]`` and report the relative
+All solve ``g = G(g)`` for a map ``G`` on a batch of vectors ``[B, N]`` and report the relative
 residual ``||G(g) - g|| / ||G(0)||`` and the number of iterations. They never raise on
-non-convergence: they return the best iterate and say so in :class:`SolveStats`.
+non-convergence: they return the best iterate and say so in :class:`SolveStats`. ``scale`` is
+``||G(0)||`` when the caller knows it (the adjoint's G(0) is dL/da): it saves one evaluation of G.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-SOLVERS = ("broyden", "fixed_point")
+SOLVERS = ("anderson", "broyden", "fixed_point")
+ANDERSON_MEMORY = 5
 
 
 @dataclass
@@ -26,11 +28,17 @@ def _rel(res: torch.Tensor, scale: torch.Tensor) -> float:
     return float(res.norm() / scale.clamp_min(1e-30))
 
 
+def _scale(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor,
+           scale: torch.Tensor | None) -> torch.Tensor:
+    return G(torch.zeros_like(x0)).norm() if scale is None else scale
+
+
 def fixed_point(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max_iter: int,
-                tol: float, damping: float = 1.0) -> tuple[torch.Tensor, SolveStats]:
+                tol: float, damping: float = 1.0,
+                scale: torch.Tensor | None = None) -> tuple[torch.Tensor, SolveStats]:
     """Plain (optionally damped) fixed-point iteration x <- (1-d) x + d G(x)."""
     x = x0
-    scale = G(torch.zeros_like(x0)).norm()
+    scale = _scale(G, x0, scale)
     best, best_res = x, float("inf")
     for k in range(1, max_iter + 1):
         gx = G(x)
@@ -52,7 +60,8 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def broyden(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max_iter: int,
-            tol: float, memory: int | None = None) -> tuple[torch.Tensor, SolveStats]:
+            tol: float, memory: int | None = None,
+            scale: torch.Tensor | None = None) -> tuple[torch.Tensor, SolveStats]:
     """Limited-memory "good" Broyden on F(x) = G(x) - x, one inverse-Jacobian estimate per sample.
 
     The estimate is H = -I + sum_i u_i v_i^T (so the first step is a fixed-point step); after a
@@ -68,7 +77,7 @@ def broyden(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max_
         return (G(z.view(shape)) - z.view(shape)).reshape(B, -1)
 
     fx = F(x)
-    scale = (G(torch.zeros_like(x0))).norm()
+    scale = _scale(G, x0, scale)
     us: list[torch.Tensor] = []
     vs: list[torch.Tensor] = []
 
@@ -112,10 +121,51 @@ def broyden(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max_
     return best.view(shape), SolveStats(max_iter, best_res, best_res < tol)
 
 
+def anderson(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max_iter: int,
+             tol: float, memory: int | None = None,
+             scale: torch.Tensor | None = None) -> tuple[torch.Tensor, SolveStats]:
+    """Anderson acceleration (type II, no damping), one mixing per sample.
+
+    The next iterate mixes the last ``memory`` (default 5) values G(x_i) with the weights (summing
+    to 1) that minimise the norm of the same mix of residuals G(x_i) - x_i. Storage: two
+    ``[B, memory, N]`` buffers; bookkeeping: two batched products over them per iteration.
+    """
+    m = memory or ANDERSON_MEMORY
+    B, shape = x0.shape[0], x0.shape
+    x = x0.reshape(B, -1)
+    scale = _scale(G, x0, scale)
+    gs = x.new_zeros(B, m, x.shape[1])  # G(x_i), newest at slot k % m
+    fs = x.new_zeros(B, m, x.shape[1])  # residuals G(x_i) - x_i
+    best, best_res = x, float("inf")
+    for k in range(max_iter):
+        gx = G(x.view(shape)).reshape(B, -1)
+        f = gx - x
+        res = _rel(f, scale)
+        if res < best_res:
+            best, best_res = x, res
+        if res < tol:
+            return x.view(shape), SolveStats(k + 1, res, True)
+        gs[:, k % m], fs[:, k % m] = gx, f
+        n = min(k + 1, m)
+        h = torch.bmm(fs[:, :n], fs[:, :n].transpose(1, 2))  # [B, n, n] Gram matrix
+        ridge = 1e-10 * h.diagonal(dim1=1, dim2=2).amax(1).clamp_min(1e-30)
+        h = h + ridge.view(B, 1, 1) * torch.eye(n, dtype=h.dtype, device=h.device)
+        w = torch.linalg.solve_ex(h, h.new_ones(B, n, 1))[0]  # no error check: no device sync
+        w = w / w.sum(1, keepdim=True)
+        x = torch.bmm(w.transpose(1, 2), gs[:, :n]).squeeze(1)
+    res = _rel(G(x.view(shape)).reshape(B, -1) - x, scale)
+    if res < best_res:
+        best, best_res = x, res
+    return best.view(shape), SolveStats(max_iter, best_res, best_res < tol)
+
+
 def solve(method: str, G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *,
-          max_iter: int, tol: float, memory: int | None = None) -> tuple[torch.Tensor, SolveStats]:
+          max_iter: int, tol: float, memory: int | None = None,
+          scale: torch.Tensor | None = None) -> tuple[torch.Tensor, SolveStats]:
     if method == "broyden":
-        return broyden(G, x0, max_iter=max_iter, tol=tol, memory=memory)
+        return broyden(G, x0, max_iter=max_iter, tol=tol, memory=memory, scale=scale)
     if method == "fixed_point":
-        return fixed_point(G, x0, max_iter=max_iter, tol=tol)
+        return fixed_point(G, x0, max_iter=max_iter, tol=tol, scale=scale)
+    if method == "anderson":
+        return anderson(G, x0, max_iter=max_iter, tol=tol, memory=memory, scale=scale)
     raise ValueError(f"solver: unknown method {method!r}; known: {', '.join(SOLVERS)}")

@@ -34,8 +34,8 @@ def test_gpu_session_script_runs_every_part(tmp_path: Path) -> None:
     assert [r["variant"] for r in checks] == ["graphs", "graphs+bf16", "eager+bf16"]
     assert checks[0]["logits_equal"] and checks[0]["grads_equal"]  # eager fallback off CUDA
     rows = json.loads((out / "throughput.json").read_text())["rows"]
-    assert {r["variant"] for r in rows} == {"eager", "graphs", "graphs+bf16", "graphs+fp",
-                                            "graphs+bf16+fp"}
+    assert {r["variant"] for r in rows} == {"eager+br", "eager", "graphs", "graphs+bf16",
+                                            "graphs+br", "graphs+fp"}
     assert all(r["train_img_s"] > 0 and r["eval_img_s"] > 0 for r in rows)
     summary = json.loads((out / "speed_accuracy.json").read_text())["summary"]
     assert len(summary) == 4  # three variants and a second seed of the first

@@ -56,7 +56,7 @@ def _gradients(kind: str, solver: str) -> tuple[dict[str, torch.Tensor], dict[st
 
 
 @pytest.mark.parametrize("kind", ["dense", "conv"])
-@pytest.mark.parametrize("solver", ["broyden", "fixed_point"])
+@pytest.mark.parametrize("solver", ["broyden", "fixed_point", "anderson"])
 def test_implicit_gradient_equals_unrolled_autograd(kind: str, solver: str) -> None:
     ref, ide = _gradients(kind, solver)
     assert set(ref) == set(ide)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fsnn.platform.config import load_config
-from fsnn.platform.solvers import broyden, fixed_point, solve
+from fsnn.platform.solvers import SOLVERS, anderson, broyden, fixed_point, solve
 from fsnn.platform.trainer import model_from_config
 
 
@@ -38,6 +38,32 @@ def test_a_memory_larger_than_the_iterations_changes_nothing() -> None:
     assert s_short.iterations >= s_full.iterations
 
 
+@pytest.mark.parametrize("method", SOLVERS)
+@pytest.mark.parametrize("memory", [None, 2])
+def test_every_solver_finds_the_solution(method: str, memory: int | None) -> None:
+    G, c, exact = _system(seed=4, radius=0.8)
+    x, stats = solve(method, G, c, max_iter=400, tol=1e-10, memory=memory)
+    assert stats.converged, stats
+    assert float((x - exact).norm() / exact.norm()) < 1e-8
+
+
+@pytest.mark.parametrize("method", SOLVERS)
+def test_a_known_scale_saves_one_evaluation_and_changes_nothing(method: str) -> None:
+    G, c, _ = _system(seed=5)
+    calls = []
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return G(x)
+
+    x1, s1 = solve(method, counted, c, max_iter=50, tol=1e-9)
+    n1 = len(calls)
+    calls.clear()
+    x2, s2 = solve(method, counted, c, max_iter=50, tol=1e-9, scale=G(torch.zeros_like(c)).norm())
+    assert torch.equal(x1, x2) and s1 == s2
+    assert len(calls) == n1 - 1
+
+
 def test_broyden_needs_fewer_iterations_than_fixed_point() -> None:
     """Eigenvalues spread up to 0.95: fixed-point steps shrink the slowest error by 0.95."""
     g = torch.Generator().manual_seed(2)
@@ -51,9 +77,12 @@ def test_broyden_needs_fewer_iterations_than_fixed_point() -> None:
         return torch.einsum("bij,bj->bi", a, x) + c
 
     _, sb = solve("broyden", G, c, max_iter=500, tol=1e-8)
+    xa, sa = anderson(G, c, max_iter=500, tol=1e-8)
     xf, sf = fixed_point(G, c, max_iter=500, tol=1e-8)
-    assert sb.converged and sf.converged
+    assert sb.converged and sf.converged and sa.converged
     assert sb.iterations < sf.iterations / 3
+    assert sa.iterations < sf.iterations / 3
+    assert float((xa - exact).norm() / exact.norm()) < 1e-6
     assert float((xf - exact).norm() / exact.norm()) < 1e-6
 
 
