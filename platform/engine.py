@@ -268,12 +268,11 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
             hist = history.setdefault(p.name, [])
             hist.insert(0, s)
             del hist[depth.get(p.name, 0) + 1:]
-            if inplace:
-                if n.leak != 1.0:
-                    acc[p.name].mul_(n.leak)
+            if inplace and n.leak != 1.0:
+                acc[p.name].mul_(n.leak).add_(s)
+                counts[p.name].add_(s)
+            elif inplace:  # IF: the counts are the sums in acc (copied after the loop)
                 acc[p.name].add_(s)
-                if n.leak != 1.0:  # for IF the counts are the sums in acc
-                    counts[p.name].add_(s)
             else:
                 acc[p.name] = acc[p.name] * n.leak + s if n.leak != 1.0 else acc[p.name] + s
                 counts[p.name] = counts[p.name] + s

@@ -88,6 +88,33 @@ class EpochStats:
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
+class _Sums:
+    """Loss, correct predictions and mean rates summed on the device over a pass; read once
+    (``result``), so the loop never waits for the GPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device)
+        self.rates: dict[str, torch.Tensor] = {}
+        self.seen = 0
+        self.start = time.perf_counter()
+
+    def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
+            rates: dict[str, torch.Tensor]) -> None:
+        n = y.shape[0]
+        self.loss += loss_sum.detach()
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.seen += n
+        for k, v in rates.items():
+            self.rates[k] = self.rates[k] + v * n if k in self.rates else v * n
+
+    def result(self, adjoint: dict[str, float]) -> EpochStats:
+        n = max(self.seen, 1)
+        loss, accuracy = float(self.loss) / n, float(self.correct) / n  # waits for the device
+        return EpochStats(loss, accuracy, self.seen, time.perf_counter() - self.start,
+                          {k: float(v) / n for k, v in self.rates.items()}, adjoint)
+
+
 def train_epoch(model: FeedbackSNN, batches: Batches, optimizer: torch.optim.Optimizer,
                 scheduler: torch.optim.lr_scheduler.LRScheduler | None, device: torch.device,
                 *, on_batch: Callable[[int, torch.Tensor], None] | None = None,
@@ -101,9 +128,7 @@ def train_epoch(model: FeedbackSNN, batches: Batches, optimizer: torch.optim.Opt
     inner = ide_model or model
     model.train()
     inner.reset_method_stats()
-    loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-    rate_sum: dict[str, torch.Tensor] = {}
-    start = time.perf_counter()
+    sums = _Sums(device)
     for i, (x, y) in enumerate(batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
@@ -113,38 +138,25 @@ def train_epoch(model: FeedbackSNN, batches: Batches, optimizer: torch.optim.Opt
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        loss_sum += loss.detach() * y.shape[0]
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += y.shape[0]
-        for k, v in inner.last_rates.items():
-            rate_sum[k] = rate_sum[k] + v * y.shape[0] if k in rate_sum else v * y.shape[0]
+        sums.add(loss * y.shape[0], logits, y, inner.last_rates)
         if on_batch is not None:
             on_batch(i, loss.detach())
-    n = max(seen, 1)
-    loss_mean, accuracy = float(loss_sum) / n, float(correct) / n  # waits for the device
-    seconds = time.perf_counter() - start
-    return EpochStats(loss_mean, accuracy, seen, seconds,
-                      {k: float(v) / n for k, v in rate_sum.items()}, inner.method_stats())
+    return sums.result(inner.method_stats())
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Batches, device: torch.device) -> EpochStats:
+    """One pass without gradients (evaluation mode); like :func:`train_epoch`, it reads the
+    device once, at the end."""
     inner = getattr(model, "module", model)
     model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
-    rate_sum: dict[str, float] = {}
-    start = time.perf_counter()
+    sums = _Sums(device)
     for x, y in batches:
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-        seen += y.shape[0]
-        for k, v in getattr(inner, "last_rates", {}).items():
-            rate_sum[k] = rate_sum.get(k, 0.0) + float(v) * y.shape[0]
-    n = max(seen, 1)
-    return EpochStats(loss_sum / n, correct / n, seen, time.perf_counter() - start,
-                      {k: v / n for k, v in rate_sum.items()}, {})
+        sums.add(F.cross_entropy(logits, y, reduction="sum"), logits, y,
+                 getattr(inner, "last_rates", {}))
+    return sums.result({})
 
 
 def pick_device(use_gpu: bool) -> torch.device:

@@ -16,19 +16,16 @@ from dataclasses import replace
 import pytest
 import torch
 from nets import dense_net, uniform
+from test_nest_parity import conv_net
 
 from fsnn.backends.base import BatchResult
 from fsnn.backends.nest_backend import NestBackend
 from fsnn.backends.nest_connect import expand
 from fsnn.platform.engine import readout, simulate
 from fsnn.platform.spec import (
-    INPUT,
-    InputEncoding,
     Network,
     Neuron,
-    Population,
     Projection,
-    Readout,
 )
 
 os.environ.setdefault("PYNEST_QUIET", "1")
@@ -51,29 +48,13 @@ def _sparsify(net: Network, seed: int, fraction: float = 0.2) -> Network:
 
 
 def _conv_net(neuron: Neuron, *, seed: int, spikes: bool = False) -> Network:
-    """input (2,8,8) -conv-> a (4,8,8) -conv s2-> b (6,4,4) -dense-> c (10); feedback
-    b -convT s2-> a, and b -> b twice (delays 1 and 2: one source and target, two delays)."""
-    g = torch.Generator().manual_seed(seed)
-    pops = [Population("a", (4, 8, 8), neuron), Population("b", (6, 4, 4), neuron),
-            Population("c", (10,), neuron)]
-    projs = [
-        Projection("in", INPUT, "a", "conv", uniform(g, 4, 2, 3, 3, scale=1.0 if spikes else 0.4),
-                   uniform(g, 4, scale=0.1) + 0.1, padding=1),
-        Projection("ab", "a", "b", "conv", uniform(g, 6, 4, 3, 3, scale=0.6),
-                   uniform(g, 6, scale=0.1) + 0.1, stride=2, padding=1),
-        Projection("bc", "b", "c", "dense", uniform(g, 10, 96, scale=0.45),
-                   uniform(g, 10, scale=0.1) + 0.1),
-        Projection("ba", "b", "a", "conv_transpose", uniform(g, 6, 4, 3, 3, scale=0.4), None,
-                   stride=2, padding=1, output_padding=1, feedback=True),
-        Projection("bb", "b", "b", "conv", uniform(g, 6, 6, 3, 3, scale=0.15), None,
-                   padding=1, feedback=True, delay=2),
-        Projection("bb1", "b", "b", "conv", uniform(g, 6, 6, 1, 1, scale=0.2), None,
-                   feedback=True),
-    ]
-    ro = Readout("c", uniform(g, 3, 10), uniform(g, 3))
-    kind = "spikes" if spikes else "analog"
-    net = Network(InputEncoding(kind, (2, 8, 8)), pops, projs, ro, T, labels=["x", "y", "z"])
-    return _sparsify(net, seed + 100)
+    """The parity tests' conv net (convT feedback b -> a, b -> b with delay 2) plus a second
+    b -> b projection with delay 1 (one source and target, two delays), sparsified."""
+    net = conv_net(neuron, seed=seed, spikes=spikes)
+    g = torch.Generator().manual_seed(seed + 50)
+    extra = Projection("bb1", "b", "b", "conv", uniform(g, 6, 6, 1, 1, scale=0.2), None,
+                       feedback=True)
+    return _sparsify(replace(net, projections=[*net.projections, extra]), seed + 100)
 
 
 def _dense_net(neuron: Neuron, *, seed: int) -> Network:
