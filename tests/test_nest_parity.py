@@ -184,17 +184,25 @@ def test_v_init_and_mixed_populations(nest_backend: NestBackend) -> None:
     assert_same_spikes(net, x, nest_backend.run(x), reference(net, x))
 
 
-def test_expansion_matches_torch() -> None:
-    """Synapse lists of conv / transposed conv / dense are exactly the projection's matrix."""
-    g = torch.Generator().manual_seed(7)
-    src = (3, 6, 5)
-    cases = [
+EXPANSION_SOURCE = (3, 6, 5)
+
+
+def expansion_cases(seed: int) -> list[tuple[Projection, tuple[int, ...]]]:
+    """A conv, a transposed conv and a dense projection from ``EXPANSION_SOURCE``, each with its
+    target shape (random weights from ``seed``)."""
+    g = torch.Generator().manual_seed(seed)
+    return [
         (Projection("c", "s", "t", "conv", uniform(g, 5, 3, 3, 2), None, stride=2, padding=1),
          (5, 3, 3)),
         (Projection("t", "s", "t", "conv_transpose", uniform(g, 3, 5, 3, 3), None, stride=2,
                     padding=1, output_padding=1), (5, 12, 10)),
         (Projection("d", "s", "t", "dense", uniform(g, 7, 90), None), (7,)),
     ]
+
+
+def test_expansion_matches_torch() -> None:
+    """Synapse lists of conv / transposed conv / dense are exactly the projection's matrix."""
+    src, cases = EXPANSION_SOURCE, expansion_cases(7)
     for q, tgt in cases:
         q.weight[q.weight.abs() < 0.2] = 0.0  # zero weights make no synapse
         n_src, n_tgt = math.prod(src), math.prod(tgt)

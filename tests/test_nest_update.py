@@ -9,32 +9,26 @@ weights are zero, ...) must be built anew, and still run exactly.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 import torch
 from nets import dense_net, uniform
-from test_nest_parity import conv_net
+from test_nest_parity import (  # also sets PYNEST_QUIET and skips without NEST
+    EXPANSION_SOURCE,
+    IF,
+    T,
+    conv_net,
+    expansion_cases,
+)
+from test_nest_parity import LIF90 as LIF
 
 from fsnn.backends.base import BatchResult
 from fsnn.backends.nest_backend import NestBackend
 from fsnn.backends.nest_connect import expand
 from fsnn.platform.engine import readout, simulate
-from fsnn.platform.spec import (
-    Network,
-    Neuron,
-    Projection,
-)
-
-os.environ.setdefault("PYNEST_QUIET", "1")
-pytest.importorskip("pyNN.nest")
-
-T = 30
-IF = Neuron("IF", v_th=1.0)
-LIF = Neuron("LIF", v_th=1.0, leak=0.9)
-
+from fsnn.platform.spec import Network, Neuron, Projection
 
 
 def _sparsify(net: Network, seed: int, fraction: float = 0.2) -> Network:
@@ -138,15 +132,7 @@ def test_expand_index_points_at_weight() -> None:
     """Every synapse's index is its weight's flat position in the projection's own layout, every
     nonzero weight has synapses, and (pre, post) pairs are unique (update matches NEST's
     synapses to weights by them)."""
-    g = torch.Generator().manual_seed(3)
-    src = (3, 6, 5)
-    cases = [
-        (Projection("c", "s", "t", "conv", uniform(g, 5, 3, 3, 2), None, stride=2, padding=1),
-         (5, 3, 3)),
-        (Projection("t", "s", "t", "conv_transpose", uniform(g, 3, 5, 3, 3), None, stride=2,
-                    padding=1, output_padding=1), (5, 12, 10)),
-        (Projection("d", "s", "t", "dense", uniform(g, 7, 90), None), (7,)),
-    ]
+    src, cases = EXPANSION_SOURCE, expansion_cases(3)
     for q, tgt in cases:
         q.weight[q.weight.abs() < 0.3] = 0.0
         flat = q.weight.flatten().numpy()
