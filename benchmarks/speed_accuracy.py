@@ -30,9 +30,13 @@ SETTINGS = {"eager": ["train.cuda_graphs=false"], "graphs": ["train.cuda_graphs=
 def overrides_for(variant: str) -> list[str]:
     out = ["train.cuda_graphs=false"]
     for part in variant.split("+"):
-        if part not in SETTINGS:
-            raise SystemExit(f"--variants: unknown part {part!r}; known: {', '.join(SETTINGS)}")
-        out += SETTINGS[part]
+        if part[:1] == "c" and part[1:].isdigit():  # c<N>: method.check_every=N
+            out.append(f"method.check_every={part[1:]}")
+        elif part in SETTINGS:
+            out += SETTINGS[part]
+        else:
+            raise SystemExit(f"--variants: unknown part {part!r}; known: {', '.join(SETTINGS)}, "
+                             "c<N> (adjoint residual read every N iterations)")
     return out
 
 

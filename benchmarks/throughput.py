@@ -8,7 +8,8 @@ Variants, measured side by side in one run: ``eager`` (the time loop launched op
 multiplied in bfloat16: ``train.spike_dtype``), ``+cl`` (channels-last weights and inputs),
 ``+m4`` (Broyden keeps 4 update pairs / Anderson mixes 4: ``method.memory``), ``+br``, ``+fp``,
 ``+aa`` (the adjoint solver, ``method.solver``: Broyden as in the IDE paper, fixed point,
-Anderson; without one, the default: Anderson).
+Anderson; without one, the default: Anderson), ``+c4`` (the adjoint residual read on the host
+every 4 iterations instead of after each: ``method.check_every``).
 
 Each configuration runs in a fresh subprocess. Peak memory: on CUDA the peak of torch's
 allocator over the training steps (also the peak it reserved from the driver, which includes
@@ -41,15 +42,22 @@ SHAPES = {"f64c5": (1, 28, 28), "f400": (1, 28, 28), "alexnet_f": (3, 32, 32),
 
 
 PARTS = ("eager", "graphs", "bf16", "cl", "br", "fp", "aa")
+NUMBERED = {"m": "solver memory", "c": "adjoint residual read every N iterations"}
 
 
 def variant_parts(variant: str) -> list[str]:
     parts = variant.split("+")
     for part in parts:
-        if part not in PARTS and not (part[:1] == "m" and part[1:].isdigit()):
+        if part not in PARTS and not (part[:1] in NUMBERED and part[1:].isdigit()):
             raise ValueError(f"--variants: unknown part {part!r} in {variant!r}; known: "
-                             f"{', '.join(PARTS)}, m<N> (Broyden memory)")
+                             f"{', '.join(PARTS)}, " + ", ".join(
+                                 f"{k}<N> ({v})" for k, v in NUMBERED.items()))
     return parts
+
+
+def numbered(parts: list[str], letter: str) -> int | None:
+    """The N of part ``<letter>N`` (e.g. ``c4``), if the variant has one."""
+    return next((int(p[1:]) for p in parts if p[:1] == letter and p[1:].isdigit()), None)
 
 
 def measure(model_name: str, T: int, batch: int, iters: int, device: str,
@@ -65,10 +73,10 @@ def measure(model_name: str, T: int, batch: int, iters: int, device: str,
     from fsnn.platform.ide import AdjointConfig
 
     parts = variant_parts(variant)
-    memory = next((int(p[1:]) for p in parts if p[:1] == "m"), None)
     solver = {"br": "broyden", "fp": "fixed_point", "aa": "anderson"}
     adjoint = AdjointConfig(next((solver[p] for p in parts if p in solver),
-                                 AdjointConfig().method), memory=memory)
+                                 AdjointConfig().method), memory=numbered(parts, "m"),
+                            check_every=numbered(parts, "c") or 1)
     model = build_model(model_name, T=T, neuron=n, adjoint=adjoint).to(dev)
     model.set_speed(cuda_graphs="graphs" in parts,
                     spike_dtype=torch.bfloat16 if "bf16" in parts else None)

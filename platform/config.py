@@ -35,7 +35,7 @@ class DataConfig(_Strict):
 
 
 _METHOD_FIELDS: dict[str, tuple[str, ...]] = {
-    "ide": ("solver", "max_iter", "tol", "memory"),
+    "ide": ("solver", "max_iter", "tol", "memory", "check_every"),
     "tsbp": ("surrogate", "surrogate_width", "reset_grad"),
     "dsr": ("alpha", "vth_bound", "train_vth", "unroll"),
     "spide": ("backward_T", "backward_vth", "modified_reset", "forward_warmup",
@@ -57,6 +57,9 @@ class MethodConfig(_Strict):
     memory: int | None = Field(None, gt=0, description="Broyden: update pairs kept (each two "
                                "state-sized tensors; unset: all, up to max_iter); Anderson: "
                                "iterates mixed (unset: 5)")
+    check_every: int = Field(1, gt=0, description="read the adjoint residual on the host every "
+                             "k iterations (fewer GPU syncs, up to k-1 extra iterations; "
+                             ">= max_iter: a fixed budget)")
     # tsbp
     surrogate: Literal["rectangle", "sigmoid"] = Field(
         "rectangle", description="surrogate derivative of the spike's Heaviside")

@@ -24,6 +24,7 @@ class AdjointConfig:
     max_iter: int = 30
     tol: float = 1e-4
     memory: int | None = None  # Broyden: update pairs kept (None: all); Anderson: window (5)
+    check_every: int = 1  # host reads of the residual: every k iterations (solvers.py)
 
 
 @dataclass
@@ -81,7 +82,8 @@ def adjoint_solver(cfg: AdjointConfig, log: AdjointLog) -> AdjointSolve:
     def run(jt: JTProduct, grad: torch.Tensor) -> torch.Tensor:
         # G(0) = J^T 0 + dL/da = dL/da: its norm is the residual's scale, no extra product
         g, stats = solve(cfg.method, lambda v: jt(v) + grad, grad, max_iter=cfg.max_iter,
-                         tol=cfg.tol, memory=cfg.memory, scale=grad.norm())
+                         tol=cfg.tol, memory=cfg.memory, scale=grad.norm(),
+                         check_every=cfg.check_every)
         log.solves.append(stats)
         return g
     return run

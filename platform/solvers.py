@@ -4,6 +4,13 @@ All solve ``g = G(g)`` for a map ``G`` on a batch of vectors ``[B, N]`` and repo
 residual ``||G(g) - g|| / ||G(0)||`` and the number of iterations. They never raise on
 non-convergence: they return the best iterate and say so in :class:`SolveStats`. ``scale`` is
 ``||G(0)||`` when the caller knows it (the adjoint's G(0) is dL/da): it saves one evaluation of G.
+
+``check_every`` is how often the host reads the residual: 1 (the default) reads it after every
+iteration, a device-to-host copy that makes the CPU wait for the GPU's queue to drain. With
+``k > 1`` the best iterate and its residual are kept on the device (a ``torch.where`` per
+iteration) and read every k iterations: the solve may run up to k - 1 iterations past
+convergence, which only lowers the residual; ``k >= max_iter`` is a fixed iteration budget with
+one read at the end.
 """
 
 from __future__ import annotations
@@ -24,8 +31,48 @@ class SolveStats:
     converged: bool
 
 
-def _rel(res: torch.Tensor, scale: torch.Tensor) -> float:
-    return float(res.norm() / scale.clamp_min(1e-30))
+class _Progress:
+    """The best iterate so far and whether it converged, read on the host every ``every`` calls.
+
+    ``every == 1`` compares on the host after each iterate (exactly the iterate whose residual is
+    lowest is kept); otherwise the comparison stays on the device until a read is due.
+    """
+
+    def __init__(self, scale: torch.Tensor, tol: float, every: int) -> None:
+        if every < 1:
+            raise ValueError(f"check_every: must be a positive integer (got {every})")
+        self.scale, self.tol, self.every = scale.clamp_min(1e-30), tol, every
+        self.best: torch.Tensor | None = None
+        self.best_res = float("inf")
+        self._best_res_t: torch.Tensor | None = None
+        self.seen = 0
+
+    def see(self, x: torch.Tensor, residual: torch.Tensor, *, read: bool = False) -> bool:
+        """Record iterate ``x`` with residual vector ``residual``; True once converged (known
+        only on the calls that read: every ``every``-th, or with ``read``)."""
+        rel = residual.norm() / self.scale
+        self.seen += 1
+        if self.every == 1:
+            r = float(rel)
+            if r < self.best_res:
+                self.best, self.best_res = x, r
+            return r < self.tol
+        if self.best is None or self._best_res_t is None:
+            self.best, self._best_res_t = x, rel
+        else:  # NaN never counts as better
+            self.best = torch.where(rel < self._best_res_t, x, self.best)
+            self._best_res_t = torch.minimum(rel, self._best_res_t)
+        if read or self.seen % self.every == 0:
+            self.best_res = float(self._best_res_t)  # the one host read
+            return self.best_res < self.tol
+        return False
+
+    def result(self, iterations: int, shape: torch.Size) -> tuple[torch.Tensor, SolveStats]:
+        if self.every > 1 and self._best_res_t is not None:
+            self.best_res = float(self._best_res_t)
+        assert self.best is not None
+        return self.best.view(shape), SolveStats(iterations, self.best_res,
+                                                 self.best_res < self.tol)
 
 
 def _scale(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor,
@@ -34,24 +81,18 @@ def _scale(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor,
 
 
 def fixed_point(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max_iter: int,
-                tol: float, damping: float = 1.0,
-                scale: torch.Tensor | None = None) -> tuple[torch.Tensor, SolveStats]:
+                tol: float, damping: float = 1.0, scale: torch.Tensor | None = None,
+                check_every: int = 1) -> tuple[torch.Tensor, SolveStats]:
     """Plain (optionally damped) fixed-point iteration x <- (1-d) x + d G(x)."""
     x = x0
-    scale = _scale(G, x0, scale)
-    best, best_res = x, float("inf")
+    progress = _Progress(_scale(G, x0, scale), tol, check_every)
     for k in range(1, max_iter + 1):
         gx = G(x)
-        res = _rel(gx - x, scale)
-        if res < best_res:
-            best, best_res = x, res
-        if res < tol:
-            return x, SolveStats(k, res, True)
+        if progress.see(x, gx - x):
+            return progress.result(k, x0.shape)
         x = x + damping * (gx - x)
-    res = _rel(G(x) - x, scale)
-    if res < best_res:
-        best, best_res = x, res
-    return best, SolveStats(max_iter, best_res, best_res < tol)
+    progress.see(x, G(x) - x, read=True)
+    return progress.result(max_iter, x0.shape)
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -60,8 +101,8 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def broyden(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max_iter: int,
-            tol: float, memory: int | None = None,
-            scale: torch.Tensor | None = None) -> tuple[torch.Tensor, SolveStats]:
+            tol: float, memory: int | None = None, scale: torch.Tensor | None = None,
+            check_every: int = 1) -> tuple[torch.Tensor, SolveStats]:
     """Limited-memory "good" Broyden on F(x) = G(x) - x, one inverse-Jacobian estimate per sample.
 
     The estimate is H = -I + sum_i u_i v_i^T (so the first step is a fixed-point step); after a
@@ -77,7 +118,7 @@ def broyden(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max_
         return (G(z.view(shape)) - z.view(shape)).reshape(B, -1)
 
     fx = F(x)
-    scale = _scale(G, x0, scale)
+    progress = _Progress(_scale(G, x0, scale), tol, check_every)
     us: list[torch.Tensor] = []
     vs: list[torch.Tensor] = []
 
@@ -95,18 +136,14 @@ def broyden(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max_
             out.addcmul_(v, _dot(u, z))
         return out
 
-    best, best_res = x, _rel(fx, scale)
-    if best_res < tol:
-        return x.view(shape), SolveStats(0, best_res, True)
+    if progress.see(x, fx):
+        return progress.result(0, shape)
     for k in range(1, max_iter + 1):
         step = -H(fx)
         x_new = x + step
         f_new = F(x_new)
-        res = _rel(f_new, scale)
-        if res < best_res:
-            best, best_res = x_new, res
-        if res < tol:
-            return x_new.view(shape), SolveStats(k, res, True)
+        if progress.see(x_new, f_new):
+            return progress.result(k, shape)
         y = f_new - fx
         hy = H(y)
         denom = _dot(step, hy)
@@ -118,12 +155,12 @@ def broyden(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max_
         if memory is not None and len(us) > memory:
             del us[0], vs[0]
         x, fx = x_new, f_new
-    return best.view(shape), SolveStats(max_iter, best_res, best_res < tol)
+    return progress.result(max_iter, shape)
 
 
 def anderson(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max_iter: int,
-             tol: float, memory: int | None = None,
-             scale: torch.Tensor | None = None) -> tuple[torch.Tensor, SolveStats]:
+             tol: float, memory: int | None = None, scale: torch.Tensor | None = None,
+             check_every: int = 1) -> tuple[torch.Tensor, SolveStats]:
     """Anderson acceleration (type II, no damping), one mixing per sample.
 
     The next iterate mixes the last ``memory`` (default 5) values G(x_i) with the weights (summing
@@ -133,18 +170,14 @@ def anderson(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max
     m = memory or ANDERSON_MEMORY
     B, shape = x0.shape[0], x0.shape
     x = x0.reshape(B, -1)
-    scale = _scale(G, x0, scale)
+    progress = _Progress(_scale(G, x0, scale), tol, check_every)
     gs = x.new_zeros(B, m, x.shape[1])  # G(x_i), newest at slot k % m
     fs = x.new_zeros(B, m, x.shape[1])  # residuals G(x_i) - x_i
-    best, best_res = x, float("inf")
     for k in range(max_iter):
         gx = G(x.view(shape)).reshape(B, -1)
         f = gx - x
-        res = _rel(f, scale)
-        if res < best_res:
-            best, best_res = x, res
-        if res < tol:
-            return x.view(shape), SolveStats(k + 1, res, True)
+        if progress.see(x, f):
+            return progress.result(k + 1, shape)
         gs[:, k % m], fs[:, k % m] = gx, f
         n = min(k + 1, m)
         h = torch.bmm(fs[:, :n], fs[:, :n].transpose(1, 2))  # [B, n, n] Gram matrix
@@ -153,19 +186,21 @@ def anderson(G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, max
         w = torch.linalg.solve_ex(h, h.new_ones(B, n, 1))[0]  # no error check: no device sync
         w = w / w.sum(1, keepdim=True)
         x = torch.bmm(w.transpose(1, 2), gs[:, :n]).squeeze(1)
-    res = _rel(G(x.view(shape)).reshape(B, -1) - x, scale)
-    if res < best_res:
-        best, best_res = x, res
-    return best.view(shape), SolveStats(max_iter, best_res, best_res < tol)
+    progress.see(x, G(x.view(shape)).reshape(B, -1) - x, read=True)
+    return progress.result(max_iter, shape)
 
 
 def solve(method: str, G: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *,
           max_iter: int, tol: float, memory: int | None = None,
-          scale: torch.Tensor | None = None) -> tuple[torch.Tensor, SolveStats]:
+          scale: torch.Tensor | None = None,
+          check_every: int = 1) -> tuple[torch.Tensor, SolveStats]:
     if method == "broyden":
-        return broyden(G, x0, max_iter=max_iter, tol=tol, memory=memory, scale=scale)
+        return broyden(G, x0, max_iter=max_iter, tol=tol, memory=memory, scale=scale,
+                       check_every=check_every)
     if method == "fixed_point":
-        return fixed_point(G, x0, max_iter=max_iter, tol=tol, scale=scale)
+        return fixed_point(G, x0, max_iter=max_iter, tol=tol, scale=scale,
+                           check_every=check_every)
     if method == "anderson":
-        return anderson(G, x0, max_iter=max_iter, tol=tol, memory=memory, scale=scale)
+        return anderson(G, x0, max_iter=max_iter, tol=tol, memory=memory, scale=scale,
+                        check_every=check_every)
     raise ValueError(f"solver: unknown method {method!r}; known: {', '.join(SOLVERS)}")

@@ -33,7 +33,8 @@ def model_from_config(cfg: Config, *, num_classes: int, labels: list[str] | None
                        neuron=neuron_from_config(cfg), dropout=cfg.dropout,
                        input_shape=input_shape, timing=cfg.timing,
                        adjoint=AdjointConfig(cfg.method.solver, cfg.method.max_iter,
-                                             cfg.method.tol, cfg.method.memory),
+                                             cfg.method.tol, cfg.method.memory,
+                                             cfg.method.check_every),
                        labels=labels, method=method_from_config(cfg.method)).set_speed(
         cuda_graphs=cfg.train.cuda_graphs,
         spike_dtype=None if cfg.train.spike_dtype == "float32" else torch.bfloat16)

@@ -86,7 +86,58 @@ def test_broyden_needs_fewer_iterations_than_fixed_point() -> None:
     assert float((xf - exact).norm() / exact.norm()) < 1e-6
 
 
-def test_config_passes_the_memory_to_the_model() -> None:
-    cfg = load_config(None, ["method.memory=4"])
-    assert model_from_config(cfg, num_classes=10).adjoint.memory == 4
-    assert model_from_config(load_config(None), num_classes=10).adjoint.memory is None
+def test_config_passes_the_memory_and_check_interval_to_the_model() -> None:
+    cfg = load_config(None, ["method.memory=4", "method.check_every=3"])
+    adjoint = model_from_config(cfg, num_classes=10).adjoint
+    assert (adjoint.memory, adjoint.check_every) == (4, 3)
+    default = model_from_config(load_config(None), num_classes=10).adjoint
+    assert (default.memory, default.check_every) == (None, 1)
+
+
+def _recorded(G):
+    """G that records every iterate it is applied to."""
+    seen: list[torch.Tensor] = []
+
+    def wrapped(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.detach().clone())
+        return G(x)
+    return wrapped, seen
+
+
+@pytest.mark.parametrize("method", SOLVERS)
+@pytest.mark.parametrize("every", [2, 5])
+def test_reading_the_residual_every_k_iterations(method: str, every: int) -> None:
+    """The same iterates as reading every time, at most k - 1 of them more, and the one kept
+    is the one with the lowest residual among all that were evaluated."""
+    G, c, exact = _system(seed=6, radius=0.9)
+    G1, seen1 = _recorded(G)
+    _, s1 = solve(method, G1, c, max_iter=200, tol=1e-8)
+    Gk, seenk = _recorded(G)
+    xk, sk = solve(method, Gk, c, max_iter=200, tol=1e-8, check_every=every)
+    assert s1.converged and sk.converged
+    assert s1.iterations <= sk.iterations <= s1.iterations + every - 1
+    for a, b in zip(seen1, seenk, strict=False):  # the iteration itself is unchanged
+        assert torch.equal(a, b)
+    residuals = [float((G(x) - x).norm() / c.norm()) for x in seenk]
+    best = min(range(len(seenk)), key=residuals.__getitem__)
+    assert torch.equal(xk, seenk[best])
+    assert sk.residual == pytest.approx(residuals[best], rel=1e-9) and sk.residual <= s1.residual
+    assert float((xk - exact).norm() / exact.norm()) < 1e-6
+
+
+@pytest.mark.parametrize("method", SOLVERS)
+def test_a_check_interval_beyond_max_iter_is_a_fixed_budget(method: str) -> None:
+    G, c, _ = _system(seed=7, radius=0.9)
+    Gk, seen = _recorded(G)
+    x, stats = solve(method, Gk, c, max_iter=12, tol=1e-30, check_every=100,
+                     scale=c.norm())
+    assert stats.iterations == 12 and not stats.converged
+    residuals = [float((G(z) - z).norm() / c.norm()) for z in seen]
+    assert torch.equal(x, seen[min(range(len(seen)), key=residuals.__getitem__)])
+    assert stats.residual == pytest.approx(min(residuals), rel=1e-9)
+
+
+def test_a_check_interval_below_one_is_refused() -> None:
+    G, c, _ = _system()
+    with pytest.raises(ValueError, match="check_every: must be a positive integer"):
+        solve("anderson", G, c, max_iter=5, tol=1e-6, check_every=0)
