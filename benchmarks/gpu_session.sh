@@ -34,6 +34,9 @@ nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=cs
   || echo "no nvidia-smi"
 $PY -c "import torch; print('torch', torch.__version__, 'CUDA:', torch.cuda.is_available() and
 torch.cuda.get_device_name(0))"
+# the fused step (+fu) needs Triton and a C compiler (Triton builds its launcher with it)
+$PY -c "import triton; print('triton', triton.__version__)" 2>/dev/null || echo "no triton"
+echo "C compiler: $(command -v cc || command -v gcc || echo none)"
 if [ "${SMOKE:-0}" = 1 ]; then  # later options override earlier ones
   S_GC="--models f400 --T 5 --batch 8"
   S_TP="--models f400 --T 5 --batch 16 --iters 1"
@@ -54,16 +57,17 @@ B=benchmarks
 # word splitting of the $S_* options is intended
 # shellcheck disable=SC2086
 {
-part 45 graph-check $PY $B/graph_check.py --out "$OUT/graph_check.json" $S_GC
-part 210 throughput $PY $B/throughput.py --models f64c5,alexnet_f --T 30 --iters 20 \
-  --variants eager+br,eager,graphs,graphs+bf16,graphs+br,graphs+fp \
+part 60 graph-check $PY $B/graph_check.py --models f64c5,f64c5_nmnist,alexnet_f \
+  --out "$OUT/graph_check.json" $S_GC
+part 240 throughput $PY $B/throughput.py --models f64c5,alexnet_f --T 30 --iters 20 \
+  --variants eager+br,eager,graphs,graphs+bf16,graphs+br,graphs+fu,graphs+bf16+fu+c5 \
   --out "$OUT/throughput.json" $S_TP
-part 60 throughput-t100 $PY $B/throughput.py --models alexnet_f --T 100 --iters 10 \
-  --variants eager+br,graphs+bf16 --out "$OUT/throughput_t100.json" $S_TP
-part 45 throughput-if $PY $B/throughput.py --models alexnet_f --T 30 --neuron IF --iters 10 \
-  --variants eager+br,graphs+bf16 --out "$OUT/throughput_if.json" $S_TP
-part 120 speed-accuracy $PY $B/speed_accuracy.py --variants eager+br,graphs,graphs+bf16 \
+part 50 throughput-t100 $PY $B/throughput.py --models alexnet_f --T 100 --iters 10 \
+  --variants eager+br,graphs+bf16+fu+c5 --out "$OUT/throughput_t100.json" $S_TP
+part 40 throughput-if $PY $B/throughput.py --models alexnet_f --T 30 --neuron IF --iters 10 \
+  --variants eager+br,graphs+bf16+fu+c5 --out "$OUT/throughput_if.json" $S_TP
+part 110 speed-accuracy $PY $B/speed_accuracy.py --variants eager+br,graphs,graphs+bf16+fu+c5 \
   --seeds 2 --epochs 2 --train-limit 20000 --out "$OUT/speed_accuracy.json" $S_SA
-part 90 energy $PY $B/energy_check.py --out "$OUT/energy_check.json" $S_EN
+part 70 energy $PY $B/energy_check.py --out "$OUT/energy_check.json" $S_EN
 }
 echo "done $(date +%T)"

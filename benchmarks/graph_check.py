@@ -3,9 +3,10 @@
     python benchmarks/graph_check.py [--models f400,f64c5,f64c5_nmnist,alexnet_f] [--T 30]
 
 For each model: evaluation logits and one IDE training step's gradients, eager and with
-``set_speed(cuda_graphs=True)`` from the same weights and batch, and the same with bfloat16
-spikes. Prints the largest differences and whether the graphs stayed on (a replay that
-disagreed with the eager run switches them off, with the reason).
+``set_speed(cuda_graphs=True)`` from the same weights and batch, the same with bfloat16 spikes,
+and with the compiled neuron step (``fused_step``, eager and in graphs). Prints the largest
+differences and whether the graphs stayed on (a replay that disagreed with the eager run
+switches them off, with the reason).
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def check(name: str, T: int, batch: int, device: torch.device) -> list[dict[str,
     rows = []
     for variant, kw in (("graphs", {"cuda_graphs": True}),
                         ("graphs+bf16", {"cuda_graphs": True, "spike_dtype": torch.bfloat16}),
-                        ("eager+bf16", {"spike_dtype": torch.bfloat16})):
+                        ("eager+bf16", {"spike_dtype": torch.bfloat16}),
+                        ("eager+fu", {"fused_step": True}),
+                        ("graphs+fu", {"cuda_graphs": True, "fused_step": True})):
         model = copy.deepcopy(base).set_speed(**kw)
         step(model, x, y)
         logits, grads = step(model, x, y)

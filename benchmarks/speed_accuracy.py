@@ -24,7 +24,8 @@ from common import table, write_json
 
 SETTINGS = {"eager": ["train.cuda_graphs=false"], "graphs": ["train.cuda_graphs=true"],
             "bf16": ["train.spike_dtype=bfloat16"], "fp": ["method.solver=fixed_point"],
-            "aa": ["method.solver=anderson"], "br": ["method.solver=broyden"]}
+            "aa": ["method.solver=anderson"], "br": ["method.solver=broyden"],
+            "fu": ["train.fused_step=true"]}
 
 
 def overrides_for(variant: str) -> list[str]:
@@ -92,14 +93,24 @@ def main() -> None:
         overrides_for(v)  # unknown names fail before any work
     rows: list[dict[str, Any]] = []
     runs = [(v, 0) for v in variants] + ([(variants[0], 1)] if args.seeds > 1 else [])
+    failed: dict[str, str] = {}
     for variant, seed in runs:
-        rows += run(args, variant, seed)
-        write_json(args.out, {"args": vars(args), "rows": rows})
+        try:
+            rows += run(args, variant, seed)
+        except Exception as exc:  # one variant failing (e.g. no compiler) must not lose the rest
+            failed[f"{variant} seed {seed}"] = f"{exc.__class__.__name__}: {exc}"
+            print(f"{variant} seed {seed}: failed: {failed[f'{variant} seed {seed}']}",
+                  flush=True)
+        write_json(args.out, {"args": vars(args), "rows": rows, "failed": failed})
+    if not rows:
+        raise SystemExit("every variant failed")
     first = {r["epoch"]: r["test_accuracy"] for r in rows
              if r["variant"] == variants[0] and r["seed"] == 0}
     summary = []
     for variant, seed in runs:
         mine = [r for r in rows if r["variant"] == variant and r["seed"] == seed]
+        if not mine or not first:
+            continue
         summary.append({"variant": variant, "seed": seed,
                         "final_test_accuracy": mine[-1]["test_accuracy"],
                         "max_abs_diff_vs_first": max(abs(r["test_accuracy"] - first[r["epoch"]])
@@ -110,7 +121,8 @@ def main() -> None:
     print(table(rows, list(rows[0])))
     print()
     print(table(summary, list(summary[0])))
-    write_json(args.out, {"args": vars(args), "rows": rows, "summary": summary})
+    write_json(args.out, {"args": vars(args), "rows": rows, "summary": summary,
+                          "failed": failed})
 
 
 if __name__ == "__main__":

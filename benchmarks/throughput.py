@@ -9,7 +9,9 @@ multiplied in bfloat16: ``train.spike_dtype``), ``+cl`` (channels-last weights a
 ``+m4`` (Broyden keeps 4 update pairs / Anderson mixes 4: ``method.memory``), ``+br``, ``+fp``,
 ``+aa`` (the adjoint solver, ``method.solver``: Broyden as in the IDE paper, fixed point,
 Anderson; without one, the default: Anderson), ``+c4`` (the adjoint residual read on the host
-every 4 iterations instead of after each: ``method.check_every``).
+every 4 iterations instead of after each: ``method.check_every``), ``+fu`` (each population's
+neuron update compiled into one kernel: ``train.fused_step``; its compile time is outside the
+timed steps, after the warm-up).
 
 Each configuration runs in a fresh subprocess. Peak memory: on CUDA the peak of torch's
 allocator over the training steps (also the peak it reserved from the driver, which includes
@@ -41,7 +43,7 @@ SHAPES = {"f64c5": (1, 28, 28), "f400": (1, 28, 28), "alexnet_f": (3, 32, 32),
           "cifarnet_f": (3, 32, 32)}
 
 
-PARTS = ("eager", "graphs", "bf16", "cl", "br", "fp", "aa")
+PARTS = ("eager", "graphs", "bf16", "cl", "br", "fp", "aa", "fu")
 NUMBERED = {"m": "solver memory", "c": "adjoint residual read every N iterations"}
 
 
@@ -79,7 +81,8 @@ def measure(model_name: str, T: int, batch: int, iters: int, device: str,
                             check_every=numbered(parts, "c") or 1)
     model = build_model(model_name, T=T, neuron=n, adjoint=adjoint).to(dev)
     model.set_speed(cuda_graphs="graphs" in parts,
-                    spike_dtype=torch.bfloat16 if "bf16" in parts else None)
+                    spike_dtype=torch.bfloat16 if "bf16" in parts else None,
+                    fused_step="fu" in parts)
     x = torch.randn(batch, *SHAPES[model_name], device=dev)
     if "cl" in parts:
         model = model.to(memory_format=torch.channels_last)

@@ -121,6 +121,9 @@ class TrainConfig(_Strict):
     spike_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="type spikes are multiplied in by the simulation (bfloat16: "
         "exact spikes, weights rounded to 8 bits of mantissa; membranes stay float32)")
+    fused_step: bool = Field(False, description="compile each population's neuron update into "
+                             "one kernel (torch.compile: Triton on a GPU, C++ on a CPU; "
+                             "compiles once per process)")
 
 
 Scalar = bool | int | float | str

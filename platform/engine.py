@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
+from fsnn.platform.fused import neuron_step as fused_neuron_step
 from fsnn.platform.spec import (
     INPUT,
     TIMINGS,
@@ -175,7 +176,8 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
                      spike_fn: SpikeFn | None = None,
                      reset_grad: bool = True,
                      window_start: int | None = None,
-                     spike_dtype: torch.dtype | None = None) -> SimResult:
+                     spike_dtype: torch.dtype | None = None,
+                     fused: bool = False) -> SimResult:
     """Run the spiking dynamics for T steps; return (leak-weighted) rates and spike counts.
 
     Without ``spike_fn`` the spikes are a plain comparison (no graph: call it under
@@ -186,6 +188,8 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
     ``spike_dtype`` (no-graph runs only, e.g. ``torch.bfloat16``): spikes are kept in that type
     (exact: they are 0 or 1) and the spike-carrying projections multiply in it, weights rounded
     to it; the products come back in the state's type, where membranes and rates stay.
+    ``fused`` (no-graph runs only): each population's update is one compiled kernel
+    (:mod:`fsnn.platform.fused`).
     """
     if T <= 0:
         raise SpecError(f"T: must be a positive integer (got {T})")
@@ -227,13 +231,17 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
                for q in circuit.projections}
     start_acc: dict[str, torch.Tensor] = {}
     inplace = spike_fn is None  # no graph: update state tensors in place (fewer kernels)
+    if fused and not inplace:
+        raise SpecError("fused: only for simulations without a graph (no spike_fn)")
     for t in range(T):
         if t == window_start:
             start_acc = {k: v.clone() for k, v in acc.items()}
         if spike_input is not None:
             history.setdefault(INPUT, []).insert(0, spike_input[t].to(spike_dtype or dtype))
         for p in circuit.populations:
-            total = circuit.const.get(p.name)
+            const = circuit.const.get(p.name)
+            outs: list[torch.Tensor] = []
+            masks: list[torch.Tensor | None] = []
             for q in incoming[p.name]:
                 d = delays[q.name]
                 if d == 0:
@@ -243,22 +251,28 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
                 else:
                     continue
                 out = apply_projection(q, src, p.shape)
-                if spike_dtype is not None:
-                    out = out.to(dtype)
-                mask = circuit.masks.get(q.name)
-                if inplace:  # the same sums as below (a + b == b + a), into the fresh `out`
+                outs.append(out if spike_dtype is None else out.to(dtype))
+                masks.append(circuit.masks.get(q.name))
+            n = p.neuron
+            if fused:
+                s = fused_neuron_step(u[p.name], acc[p.name],
+                                      counts[p.name] if n.leak != 1.0 else None, outs, masks,
+                                      zeros[p.name] if const is None else const, n, spike_dtype)
+            elif inplace:
+                total = const  # the same sums as below (a + b == b + a), into the fresh outputs
+                for out, mask in zip(outs, masks, strict=True):
                     out = out if mask is None else out.mul_(mask)
                     total = out if total is None else out.add_(total)
-                else:
-                    out = out if mask is None else out * mask
-                    total = out if total is None else total + out
-            n = p.neuron
-            if total is None:
-                total = zeros[p.name]
-            if inplace:
-                s = _neuron_step_inplace(u[p.name], total, n, spike_dtype)
+                s = _neuron_step_inplace(u[p.name], zeros[p.name] if total is None else total,
+                                         n, spike_dtype)
             else:
                 assert spike_fn is not None
+                total = const
+                for out, mask in zip(outs, masks, strict=True):
+                    out = out if mask is None else out * mask
+                    total = out if total is None else total + out
+                if total is None:
+                    total = zeros[p.name]
                 v = u[p.name] * n.leak + total if n.leak != 1.0 else u[p.name] + total
                 s = spike_fn(v - n.v_th, n.v_th)
                 r = s if reset_grad else s.detach()
@@ -268,14 +282,14 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
             hist = history.setdefault(p.name, [])
             hist.insert(0, s)
             del hist[depth.get(p.name, 0) + 1:]
-            if inplace and n.leak != 1.0:
-                acc[p.name].mul_(n.leak).add_(s)
-                counts[p.name].add_(s)
-            elif inplace:  # IF: the counts are the sums in acc (copied after the loop)
-                acc[p.name].add_(s)
-            else:
+            if not inplace:
                 acc[p.name] = acc[p.name] * n.leak + s if n.leak != 1.0 else acc[p.name] + s
                 counts[p.name] = counts[p.name] + s
+            elif not fused and n.leak != 1.0:  # (the fused step has updated them already)
+                acc[p.name].mul_(n.leak).add_(s)
+                counts[p.name].add_(s)
+            elif not fused:  # IF: the counts are the sums in acc (copied after the loop)
+                acc[p.name].add_(s)
             if record_trains:
                 trains[p.name].append(s)
         if INPUT in history:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from fsnn.platform.engine import Circuit, SimResult, simulate_circuit
+from fsnn.platform.fused import FusedStepError
 
 Key = tuple[Any, ...]
 
@@ -32,14 +33,15 @@ def _shape(t: torch.Tensor | None) -> Any:
 
 
 def structure_key(circuit: Circuit, T: int, batch: int, timing: str,
-                  spike_input: torch.Tensor | None, spike_dtype: torch.dtype | None) -> Key:
+                  spike_input: torch.Tensor | None, spike_dtype: torch.dtype | None,
+                  fused: bool = False) -> Key:
     """Everything a captured graph bakes in: shapes, neuron parameters, wiring, T, timing."""
     pops = tuple((p.name, tuple(p.shape), p.neuron) for p in circuit.populations)
     projs = tuple((q.name, q.source, q.target, q.kind, _shape(q.weight), q.stride, q.padding,
                    q.output_padding, q.delay, q.feedback) for q in circuit.projections)
     const = tuple(sorted((k, _shape(v)) for k, v in circuit.const.items()))
     masks = tuple(sorted((k, _shape(v)) for k, v in circuit.masks.items()))
-    return (pops, projs, const, masks, T, batch, timing, _shape(spike_input), spike_dtype)
+    return (pops, projs, const, masks, T, batch, timing, _shape(spike_input), spike_dtype, fused)
 
 
 @dataclass
@@ -87,7 +89,7 @@ class GraphedSimulator:
 
     def __call__(self, circuit: Circuit, T: int, *, timing: str = "ide",
                  spike_input: torch.Tensor | None = None,
-                 spike_dtype: torch.dtype | None = None) -> SimResult:
+                 spike_dtype: torch.dtype | None = None, fused: bool = False) -> SimResult:
         batch = circuit.batch_size(spike_input)
         ref = next(iter(circuit.const.values()), None)
         if ref is None and circuit.projections:
@@ -96,13 +98,14 @@ class GraphedSimulator:
 
         def eager() -> SimResult:
             return simulate_circuit(circuit, T, batch=batch, timing=timing,
-                                    spike_input=spike_input, spike_dtype=spike_dtype)
+                                    spike_input=spike_input, spike_dtype=spike_dtype,
+                                    fused=fused)
 
         if device.type != "cuda" or self.stats.disabled is not None \
                 or torch.cuda.is_current_stream_capturing():
             self.stats.eager += 1
             return eager()
-        key = structure_key(circuit, T, batch, timing, spike_input, spike_dtype)
+        key = structure_key(circuit, T, batch, timing, spike_input, spike_dtype, fused)
         entry = self._graphs.get(key)
         if entry is None and self.stats.captures >= self.max_captures \
                 and self.stats.replays < self.min_replays * self.stats.captures:
@@ -112,7 +115,9 @@ class GraphedSimulator:
             return eager()
         if entry is None:
             try:
-                entry = self._capture(circuit, T, batch, timing, spike_input, spike_dtype)
+                entry = self._capture(circuit, T, batch, timing, spike_input, spike_dtype, fused)
+            except FusedStepError:  # not the graph's fault: the eager run would fail the same way
+                raise
             except RuntimeError as exc:  # e.g. an op that cannot be captured on this build
                 self._disable(f"capture failed ({exc.__class__.__name__}: {exc})")
                 self.stats.eager += 1
@@ -149,8 +154,8 @@ class GraphedSimulator:
                       RuntimeWarning, stacklevel=3)
 
     def _capture(self, circuit: Circuit, T: int, batch: int, timing: str,
-                 spike_input: torch.Tensor | None,
-                 spike_dtype: torch.dtype | None) -> _Graph:
+                 spike_input: torch.Tensor | None, spike_dtype: torch.dtype | None,
+                 fused: bool) -> _Graph:
         static = Circuit(circuit.populations,
                          [replace(q, weight=q.weight.detach().clone(),
                                   bias=None if q.bias is None else q.bias.detach().clone())
@@ -161,11 +166,12 @@ class GraphedSimulator:
 
         def run() -> SimResult:
             return simulate_circuit(static, T, batch=batch, timing=timing, spike_input=spikes,
-                                    spike_dtype=spike_dtype)
+                                    spike_dtype=spike_dtype, fused=fused)
 
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the capture (library handles, autotune)
+        # warm-up outside the capture (library handles, autotune, torch.compile's kernels)
+        with torch.cuda.stream(side):
             run()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()

@@ -86,6 +86,7 @@ class FeedbackSNN(nn.Module):
         self.rate_source: RateSource | None = None
         self.graphs: GraphedSimulator | None = None
         self.spike_dtype: torch.dtype | None = None
+        self.fused_step = False
 
     # -- hardware in the loop -------------------------------------------------------------------
     def freeze_bn(self) -> FeedbackSNN:
@@ -228,13 +229,15 @@ class FeedbackSNN(nn.Module):
                                      self.adjoint_log)
         return self.unflatten_rates(state)
 
-    def set_speed(self, *, cuda_graphs: bool = False,
-                  spike_dtype: torch.dtype | None = None) -> FeedbackSNN:
+    def set_speed(self, *, cuda_graphs: bool = False, spike_dtype: torch.dtype | None = None,
+                  fused_step: bool = False) -> FeedbackSNN:
         """How the graph-free simulation (IDE's forward, evaluation) runs: replayed CUDA graphs
-        (on a GPU; :mod:`fsnn.platform.graphs`) and the type spikes are multiplied in
-        (``torch.bfloat16``: exact spikes, weights rounded; ``None``: the state's type)."""
+        (on a GPU; :mod:`fsnn.platform.graphs`), the type spikes are multiplied in
+        (``torch.bfloat16``: exact spikes, weights rounded; ``None``: the state's type) and
+        whether each population's update is one compiled kernel (:mod:`fsnn.platform.fused`)."""
         self.graphs = GraphedSimulator() if cuda_graphs else None
         self.spike_dtype = spike_dtype
+        self.fused_step = fused_step
         return self
 
     def simulate(self, circuit: Circuit, T: int,
@@ -243,14 +246,16 @@ class FeedbackSNN(nn.Module):
         with torch.no_grad():
             frozen = circuit.detached()
             # a method whose training changes the neurons every step (DSR's thresholds) would
-            # need a new graph per step: its training runs eagerly
-            if self.graphs is not None and (not self.training or self.method.external_forward):
+            # need a new graph and a new compiled step per step: its training runs eagerly
+            stable = not self.training or self.method.external_forward
+            if self.graphs is not None and stable:
                 sim = self.graphs(frozen, T, timing=self.timing, spike_input=spike_input,
-                                  spike_dtype=self.spike_dtype)
+                                  spike_dtype=self.spike_dtype, fused=self.fused_step)
             else:
                 sim = simulate_circuit(frozen, T, batch=circuit.batch_size(spike_input),
                                        timing=self.timing, spike_input=spike_input,
-                                       spike_dtype=self.spike_dtype)
+                                       spike_dtype=self.spike_dtype,
+                                       fused=self.fused_step and stable)
         return sim.rates
 
     def readout_input(self, rates: dict[str, torch.Tensor]) -> torch.Tensor:

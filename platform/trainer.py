@@ -37,7 +37,8 @@ def model_from_config(cfg: Config, *, num_classes: int, labels: list[str] | None
                                              cfg.method.check_every),
                        labels=labels, method=method_from_config(cfg.method)).set_speed(
         cuda_graphs=cfg.train.cuda_graphs,
-        spike_dtype=None if cfg.train.spike_dtype == "float32" else torch.bfloat16)
+        spike_dtype=None if cfg.train.spike_dtype == "float32" else torch.bfloat16,
+        fused_step=cfg.train.fused_step)
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:

@@ -31,13 +31,17 @@ def test_gpu_session_script_runs_every_part(tmp_path: Path) -> None:
     assert "\ndone " in (out / "session.log").read_text()  # the last line: "done HH:MM:SS"
 
     checks = json.loads((out / "graph_check.json").read_text())["rows"]
-    assert [r["variant"] for r in checks] == ["graphs", "graphs+bf16", "eager+bf16"]
+    assert [r["variant"] for r in checks] == ["graphs", "graphs+bf16", "eager+bf16",
+                                              "eager+fu", "graphs+fu"]
     assert checks[0]["logits_equal"] and checks[0]["grads_equal"]  # eager fallback off CUDA
+    for fused in checks[3:]:  # the compiled step: the same spikes but for threshold ties
+        assert fused["logits_max_diff"] < 1e-3 and fused["grad_rel_diff"] < 1e-3, fused
     rows = json.loads((out / "throughput.json").read_text())["rows"]
     assert {r["variant"] for r in rows} == {"eager+br", "eager", "graphs", "graphs+bf16",
-                                            "graphs+br", "graphs+fp"}
+                                            "graphs+br", "graphs+fu", "graphs+bf16+fu+c5"}
     assert all(r["train_img_s"] > 0 and r["eval_img_s"] > 0 for r in rows)
-    summary = json.loads((out / "speed_accuracy.json").read_text())["summary"]
-    assert len(summary) == 4  # three variants and a second seed of the first
+    accuracy = json.loads((out / "speed_accuracy.json").read_text())
+    assert not accuracy["failed"]
+    assert len(accuracy["summary"]) == 4  # three variants and a second seed of the first
     energy = json.loads((out / "energy_check.json").read_text())
     assert "energy/gpu_j" in energy["absent"] and "counter_gpu_j" not in energy["result"]
