@@ -59,9 +59,12 @@ B=benchmarks
 {
 part 60 graph-check $PY $B/graph_check.py --models f64c5,f64c5_nmnist,alexnet_f \
   --out "$OUT/graph_check.json" $S_GC
-part 240 throughput $PY $B/throughput.py --models f64c5,alexnet_f --T 30 --iters 20 \
-  --variants eager+br,eager,graphs,graphs+bf16,graphs+br,graphs+fu,graphs+bf16+fu+c5 \
-  --out "$OUT/throughput.json" $S_TP
+# one part per model (neither can starve the other); the variants most needed come first
+V=eager+br,graphs+bf16+fu+c5,graphs,graphs+bf16,graphs+fu,eager,graphs+br
+part 110 throughput-f64c5 $PY $B/throughput.py --models f64c5 --T 30 --iters 20 \
+  --variants $V --out "$OUT/throughput_f64c5.json" $S_TP
+part 130 throughput-alexnet $PY $B/throughput.py --models alexnet_f --T 30 --iters 20 \
+  --variants $V --out "$OUT/throughput_alexnet.json" $S_TP
 part 50 throughput-t100 $PY $B/throughput.py --models alexnet_f --T 100 --iters 10 \
   --variants eager+br,graphs+bf16+fu+c5 --out "$OUT/throughput_t100.json" $S_TP
 part 40 throughput-if $PY $B/throughput.py --models alexnet_f --T 30 --neuron IF --iters 10 \
