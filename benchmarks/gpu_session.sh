@@ -60,7 +60,7 @@ B=benchmarks
 part 60 graph-check $PY $B/graph_check.py --models f64c5,f64c5_nmnist,alexnet_f \
   --out "$OUT/graph_check.json" $S_GC
 # one part per model (neither can starve the other); the variants most needed come first
-V=eager+br,graphs+bf16+fu+c5,graphs,graphs+bf16,graphs+fu,eager,graphs+br
+V=eager+br,graphs+bf16+fu+c5,graphs+bf16+fu+c5+cl,graphs,graphs+bf16,graphs+fu,eager
 part 110 throughput-f64c5 $PY $B/throughput.py --models f64c5 --T 30 --iters 20 \
   --variants $V --out "$OUT/throughput_f64c5.json" $S_TP
 part 130 throughput-alexnet $PY $B/throughput.py --models alexnet_f --T 30 --iters 20 \

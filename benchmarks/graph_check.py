@@ -4,7 +4,8 @@
 
 For each model: evaluation logits and one IDE training step's gradients, eager and with
 ``set_speed(cuda_graphs=True)`` from the same weights and batch, the same with bfloat16 spikes,
-and with the compiled neuron step (``fused_step``, eager and in graphs). Prints the largest
+with the compiled neuron step (``fused_step``, eager and in graphs) and with channels-last
+state (``channels_last``). Prints the largest
 differences and whether the graphs stayed on (a replay that disagreed with the eager run
 switches them off, with the reason).
 """
@@ -56,7 +57,8 @@ def check(name: str, T: int, batch: int, device: torch.device) -> list[dict[str,
                         ("graphs+bf16", {"cuda_graphs": True, "spike_dtype": torch.bfloat16}),
                         ("eager+bf16", {"spike_dtype": torch.bfloat16}),
                         ("eager+fu", {"fused_step": True}),
-                        ("graphs+fu", {"cuda_graphs": True, "fused_step": True})):
+                        ("graphs+fu", {"cuda_graphs": True, "fused_step": True}),
+                        ("graphs+cl", {"cuda_graphs": True, "channels_last": True})):
         model = copy.deepcopy(base).set_speed(**kw)
         step(model, x, y)
         logits, grads = step(model, x, y)

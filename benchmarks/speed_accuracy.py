@@ -25,7 +25,7 @@ from common import table, write_json
 SETTINGS = {"eager": ["train.cuda_graphs=false"], "graphs": ["train.cuda_graphs=true"],
             "bf16": ["train.spike_dtype=bfloat16"], "fp": ["method.solver=fixed_point"],
             "aa": ["method.solver=anderson"], "br": ["method.solver=broyden"],
-            "fu": ["train.fused_step=true"]}
+            "fu": ["train.fused_step=true"], "cl": ["train.channels_last=true"]}
 
 
 def overrides_for(variant: str) -> list[str]:

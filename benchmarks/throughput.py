@@ -5,7 +5,8 @@
 
 Variants, measured side by side in one run: ``eager`` (the time loop launched op by op),
 ``graphs`` (the loop replayed as a CUDA graph: ``train.cuda_graphs``), ``+bf16`` (spikes
-multiplied in bfloat16: ``train.spike_dtype``), ``+cl`` (channels-last weights and inputs),
+multiplied in bfloat16: ``train.spike_dtype``), ``+cl`` (channels-last state, weights and inputs:
+``train.channels_last``),
 ``+m4`` (Broyden keeps 4 update pairs / Anderson mixes 4: ``method.memory``), ``+br``, ``+fp``,
 ``+aa`` (the adjoint solver, ``method.solver``: Broyden as in the IDE paper, fixed point,
 Anderson; without one, the default: Anderson), ``+c4`` (the adjoint residual read on the host
@@ -82,10 +83,9 @@ def measure(model_name: str, T: int, batch: int, iters: int, device: str,
     model = build_model(model_name, T=T, neuron=n, adjoint=adjoint).to(dev)
     model.set_speed(cuda_graphs="graphs" in parts,
                     spike_dtype=torch.bfloat16 if "bf16" in parts else None,
-                    fused_step="fu" in parts)
+                    fused_step="fu" in parts, channels_last="cl" in parts)
     x = torch.randn(batch, *SHAPES[model_name], device=dev)
     if "cl" in parts:
-        model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     y = torch.randint(0, 10, (batch,), device=dev)

@@ -124,6 +124,8 @@ class TrainConfig(_Strict):
     fused_step: bool = Field(False, description="compile each population's neuron update into "
                              "one kernel (torch.compile: Triton on a GPU, C++ on a CPU; "
                              "compiles once per process)")
+    channels_last: bool = Field(False, description="convolutional state and weights in NHWC "
+                                "(the layout tensor-core convolutions read without transposing)")
 
 
 Scalar = bool | int | float | str

@@ -149,6 +149,14 @@ def rate_normaliser(leak: float, T: int) -> float:
     return float(T) if leak == 1.0 else (1.0 - leak**T) / (1.0 - leak)
 
 
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+           channels_last: bool) -> torch.Tensor:
+    if channels_last and len(shape) == 4:
+        return torch.zeros(shape, dtype=dtype, device=device).contiguous(
+            memory_format=torch.channels_last)
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
 def _neuron_step_inplace(v: torch.Tensor, current: torch.Tensor, n: Neuron,
                          spike_dtype: torch.dtype | None = None) -> torch.Tensor:
     """One update of membrane ``v`` (in place) with input ``current``; returns the spikes.
@@ -177,7 +185,7 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
                      reset_grad: bool = True,
                      window_start: int | None = None,
                      spike_dtype: torch.dtype | None = None,
-                     fused: bool = False) -> SimResult:
+                     fused: bool = False, channels_last: bool = False) -> SimResult:
     """Run the spiking dynamics for T steps; return (leak-weighted) rates and spike counts.
 
     Without ``spike_fn`` the spikes are a plain comparison (no graph: call it under
@@ -189,7 +197,9 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
     (exact: they are 0 or 1) and the spike-carrying projections multiply in it, weights rounded
     to it; the products come back in the state's type, where membranes and rates stay.
     ``fused`` (no-graph runs only): each population's update is one compiled kernel
-    (:mod:`fsnn.platform.fused`).
+    (:mod:`fsnn.platform.fused`). ``channels_last``: the state of convolutional populations
+    (membranes, spikes, rates) is laid out channels-last (NHWC), the layout tensor-core
+    convolutions read without transposing; the rates come back in it.
     """
     if T <= 0:
         raise SpecError(f"T: must be a positive integer (got {T})")
@@ -211,7 +221,7 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
     depth: dict[str, int] = {}
     for q in circuit.projections:
         depth[q.source] = max(depth.get(q.source, 0), delays[q.name])
-    zeros = {p.name: torch.zeros(batch, *p.shape, dtype=dtype, device=device)
+    zeros = {p.name: _zeros((batch, *p.shape), dtype, device, channels_last)
              for p in circuit.populations}
     history: dict[str, list[torch.Tensor]] = {}
     u = {p.name: torch.full_like(zeros[p.name], p.neuron.v_init) for p in circuit.populations}

@@ -34,14 +34,15 @@ def _shape(t: torch.Tensor | None) -> Any:
 
 def structure_key(circuit: Circuit, T: int, batch: int, timing: str,
                   spike_input: torch.Tensor | None, spike_dtype: torch.dtype | None,
-                  fused: bool = False) -> Key:
+                  fused: bool = False, channels_last: bool = False) -> Key:
     """Everything a captured graph bakes in: shapes, neuron parameters, wiring, T, timing."""
     pops = tuple((p.name, tuple(p.shape), p.neuron) for p in circuit.populations)
     projs = tuple((q.name, q.source, q.target, q.kind, _shape(q.weight), q.stride, q.padding,
                    q.output_padding, q.delay, q.feedback) for q in circuit.projections)
     const = tuple(sorted((k, _shape(v)) for k, v in circuit.const.items()))
     masks = tuple(sorted((k, _shape(v)) for k, v in circuit.masks.items()))
-    return (pops, projs, const, masks, T, batch, timing, _shape(spike_input), spike_dtype, fused)
+    return (pops, projs, const, masks, T, batch, timing, _shape(spike_input), spike_dtype, fused,
+            channels_last)
 
 
 @dataclass
@@ -89,7 +90,8 @@ class GraphedSimulator:
 
     def __call__(self, circuit: Circuit, T: int, *, timing: str = "ide",
                  spike_input: torch.Tensor | None = None,
-                 spike_dtype: torch.dtype | None = None, fused: bool = False) -> SimResult:
+                 spike_dtype: torch.dtype | None = None, fused: bool = False,
+                 channels_last: bool = False) -> SimResult:
         batch = circuit.batch_size(spike_input)
         ref = next(iter(circuit.const.values()), None)
         if ref is None and circuit.projections:
@@ -99,13 +101,14 @@ class GraphedSimulator:
         def eager() -> SimResult:
             return simulate_circuit(circuit, T, batch=batch, timing=timing,
                                     spike_input=spike_input, spike_dtype=spike_dtype,
-                                    fused=fused)
+                                    fused=fused, channels_last=channels_last)
 
         if device.type != "cuda" or self.stats.disabled is not None \
                 or torch.cuda.is_current_stream_capturing():
             self.stats.eager += 1
             return eager()
-        key = structure_key(circuit, T, batch, timing, spike_input, spike_dtype, fused)
+        key = structure_key(circuit, T, batch, timing, spike_input, spike_dtype, fused,
+                            channels_last)
         entry = self._graphs.get(key)
         if entry is None and self.stats.captures >= self.max_captures \
                 and self.stats.replays < self.min_replays * self.stats.captures:
@@ -115,7 +118,8 @@ class GraphedSimulator:
             return eager()
         if entry is None:
             try:
-                entry = self._capture(circuit, T, batch, timing, spike_input, spike_dtype, fused)
+                entry = self._capture(circuit, T, batch, timing, spike_input, spike_dtype, fused,
+                                      channels_last)
             except FusedStepError:  # not the graph's fault: the eager run would fail the same way
                 raise
             except RuntimeError as exc:  # e.g. an op that cannot be captured on this build
@@ -155,7 +159,7 @@ class GraphedSimulator:
 
     def _capture(self, circuit: Circuit, T: int, batch: int, timing: str,
                  spike_input: torch.Tensor | None, spike_dtype: torch.dtype | None,
-                 fused: bool) -> _Graph:
+                 fused: bool, channels_last: bool) -> _Graph:
         static = Circuit(circuit.populations,
                          [replace(q, weight=q.weight.detach().clone(),
                                   bias=None if q.bias is None else q.bias.detach().clone())
@@ -166,7 +170,8 @@ class GraphedSimulator:
 
         def run() -> SimResult:
             return simulate_circuit(static, T, batch=batch, timing=timing, spike_input=spikes,
-                                    spike_dtype=spike_dtype, fused=fused)
+                                    spike_dtype=spike_dtype, fused=fused,
+                                    channels_last=channels_last)
 
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

@@ -87,6 +87,7 @@ class FeedbackSNN(nn.Module):
         self.graphs: GraphedSimulator | None = None
         self.spike_dtype: torch.dtype | None = None
         self.fused_step = False
+        self.channels_last = False
 
     # -- hardware in the loop -------------------------------------------------------------------
     def freeze_bn(self) -> FeedbackSNN:
@@ -230,14 +231,18 @@ class FeedbackSNN(nn.Module):
         return self.unflatten_rates(state)
 
     def set_speed(self, *, cuda_graphs: bool = False, spike_dtype: torch.dtype | None = None,
-                  fused_step: bool = False) -> FeedbackSNN:
+                  fused_step: bool = False, channels_last: bool = False) -> FeedbackSNN:
         """How the graph-free simulation (IDE's forward, evaluation) runs: replayed CUDA graphs
         (on a GPU; :mod:`fsnn.platform.graphs`), the type spikes are multiplied in
         (``torch.bfloat16``: exact spikes, weights rounded; ``None``: the state's type) and
-        whether each population's update is one compiled kernel (:mod:`fsnn.platform.fused`)."""
+        whether each population's update is one compiled kernel (:mod:`fsnn.platform.fused`);
+        ``channels_last``: convolutional state and weights in NHWC (tensor-core layout)."""
         self.graphs = GraphedSimulator() if cuda_graphs else None
         self.spike_dtype = spike_dtype
         self.fused_step = fused_step
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)  # 4-D weights only; others unchanged
         return self
 
     def simulate(self, circuit: Circuit, T: int,
@@ -250,12 +255,14 @@ class FeedbackSNN(nn.Module):
             stable = not self.training or self.method.external_forward
             if self.graphs is not None and stable:
                 sim = self.graphs(frozen, T, timing=self.timing, spike_input=spike_input,
-                                  spike_dtype=self.spike_dtype, fused=self.fused_step)
+                                  spike_dtype=self.spike_dtype, fused=self.fused_step,
+                                  channels_last=self.channels_last)
             else:
                 sim = simulate_circuit(frozen, T, batch=circuit.batch_size(spike_input),
                                        timing=self.timing, spike_input=spike_input,
                                        spike_dtype=self.spike_dtype,
-                                       fused=self.fused_step and stable)
+                                       fused=self.fused_step and stable,
+                                       channels_last=self.channels_last)
         return sim.rates
 
     def readout_input(self, rates: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -38,7 +38,7 @@ def model_from_config(cfg: Config, *, num_classes: int, labels: list[str] | None
                        labels=labels, method=method_from_config(cfg.method)).set_speed(
         cuda_graphs=cfg.train.cuda_graphs,
         spike_dtype=None if cfg.train.spike_dtype == "float32" else torch.bfloat16,
-        fused_step=cfg.train.fused_step)
+        fused_step=cfg.train.fused_step, channels_last=cfg.train.channels_last)
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:

@@ -164,3 +164,43 @@ def test_a_model_with_graphs_can_be_copied() -> None:
     clone = copy.deepcopy(model)
     assert clone.graphs is not None and clone.graphs is not model.graphs
     assert clone.graphs.stats.captures == 0 and clone.graphs.max_graphs == model.graphs.max_graphs
+
+
+def test_channels_last_state_gives_the_same_spikes_and_trains(tmp_path) -> None:
+    """NHWC state and weights: the layout changes, the spikes do not (but for threshold ties
+    from a convolution that sums in another order), and weights still save as safetensors."""
+    from fsnn.platform.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(5)
+    plain = small_model("conv", neuron=Neuron("LIF", v_th=0.6, leak=0.9), T=25)
+    nhwc = small_model("conv", neuron=Neuron("LIF", v_th=0.6, leak=0.9), T=25)
+    nhwc.load_state_dict(plain.state_dict())
+    nhwc.set_speed(channels_last=True)
+    convs = [p for p in nhwc.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    x, y = torch.rand(6, 1, 8, 8) * 3, torch.randint(0, 4, (6,))
+    circuit, _, _ = nhwc.eval().prepare(x, 25)
+    frozen = circuit.detached()
+    fast = simulate_circuit(frozen, 25, batch=6, channels_last=True, record_trains=True)
+    ref = simulate_circuit(frozen, 25, batch=6, record_trains=True)
+    total = 0.0
+    for k, counts in ref.counts.items():
+        if counts.dim() == 4:
+            assert fast.rates[k].is_contiguous(memory_format=torch.channels_last), k
+            assert not fast.rates[k].is_contiguous(), k
+        assert float((fast.counts[k] != counts).float().mean()) <= 1e-3, k
+        total += float(counts.sum())
+    assert total > 50
+    grads = []
+    for model in (plain, nhwc):
+        model.train()
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+    save_checkpoint(TrainingState(1, nhwc.state_dict(), {}, {}), tmp_path / "ckpt")
+    back = load_checkpoint(tmp_path / "ckpt").model
+    assert all(torch.equal(back[k], v) for k, v in nhwc.state_dict().items())
+    cfg = load_config(None, ["train.channels_last=true"])
+    assert model_from_config(cfg, num_classes=10).channels_last

@@ -156,8 +156,9 @@ def test_the_config_and_the_graph_key_know_the_fused_step() -> None:
     assert model.fused_step
     assert not model_from_config(load_config(None), num_classes=10).fused_step
     circuit, _ = circuit_from_network(dense_net(T=5), torch.rand(3, 6, dtype=torch.float64))
-    assert structure_key(circuit, 5, 3, "ide", None, None, True) != \
-        structure_key(circuit, 5, 3, "ide", None, None, False)
+    plain = structure_key(circuit, 5, 3, "ide", None, None, False)
+    assert structure_key(circuit, 5, 3, "ide", None, None, True) != plain
+    assert structure_key(circuit, 5, 3, "ide", None, None, False, True) != plain
 
 
 def test_kernels_stay_apart_where_the_process_loads_libraries_globally() -> None:

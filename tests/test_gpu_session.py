@@ -32,14 +32,15 @@ def test_gpu_session_script_runs_every_part(tmp_path: Path) -> None:
 
     checks = json.loads((out / "graph_check.json").read_text())["rows"]
     assert [r["variant"] for r in checks] == ["graphs", "graphs+bf16", "eager+bf16",
-                                              "eager+fu", "graphs+fu"]
+                                              "eager+fu", "graphs+fu", "graphs+cl"]
     assert checks[0]["logits_equal"] and checks[0]["grads_equal"]  # eager fallback off CUDA
-    for fused in checks[3:]:  # the compiled step: the same spikes but for threshold ties
-        assert fused["logits_max_diff"] < 1e-3 and fused["grad_rel_diff"] < 1e-3, fused
+    for same in checks[3:]:  # the compiled step, NHWC: the same spikes but for threshold ties
+        assert same["logits_max_diff"] < 1e-3 and same["grad_rel_diff"] < 1e-3, same
     for name in ("throughput_f64c5.json", "throughput_alexnet.json"):
         rows = json.loads((out / name).read_text())["rows"]
-        assert [r["variant"] for r in rows] == ["eager+br", "graphs+bf16+fu+c5", "graphs",
-                                                "graphs+bf16", "graphs+fu", "eager", "graphs+br"]
+        assert [r["variant"] for r in rows] == ["eager+br", "graphs+bf16+fu+c5",
+                                                "graphs+bf16+fu+c5+cl", "graphs", "graphs+bf16",
+                                                "graphs+fu", "eager"]
         assert all(r["train_img_s"] > 0 and r["eval_img_s"] > 0 for r in rows)
     accuracy = json.loads((out / "speed_accuracy.json").read_text())
     assert not accuracy["failed"]
