@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fsnn.platform.engine import Circuit, circuit_from_network
 from fsnn.platform.layers import ProjectionLayer
 from fsnn.platform.model import FeedbackSNN
 from fsnn.platform.spec import (
@@ -59,3 +60,28 @@ def small_model(kind: str, *, neuron: Neuron | None = None, T: int = 30,
         shape = (1, 8, 8)
     return FeedbackSNN(input_kind="analog", input_shape=shape, input_layer=inp, ring=[fb],
                        neuron=neuron or Neuron("IF", v_th=1.0), num_classes=4, T=T)
+
+
+def spike_input_circuit(g: torch.Generator) -> tuple[Circuit, torch.Tensor]:
+    """The dense net fed by 12 steps of input spikes (batch 3) instead of analog input."""
+    spikes = (torch.rand(12, 3, 6, generator=g) < 0.4).double()
+    net = dense_net(neuron=Neuron("IF", v_th=0.9), T=12)
+    net.projections[0] = Projection("in", INPUT, "a", "dense", net.projections[0].weight,
+                                    net.projections[0].bias)
+    circuit, _ = circuit_from_network(net, torch.rand(3, 6, dtype=torch.float64))
+    return Circuit(circuit.populations, [*circuit.projections, net.projections[0]],
+                   {"b": circuit.const["b"], "a": circuit.const["a"]}), spikes
+
+
+def assert_same_gradients(a: FeedbackSNN, b: FeedbackSNN, x: torch.Tensor, y: torch.Tensor,
+                          *, rtol: float = 1e-3, atol: float = 1e-5) -> None:
+    """One training step's parameter gradients of two models agree."""
+    grads = []
+    for model in (a, b):
+        model.train()
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for ga, gb in zip(*grads, strict=True):
+        assert torch.allclose(ga, gb, rtol=rtol, atol=atol)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from nets import dense_net, small_model
+from nets import assert_same_gradients, dense_net, small_model, spike_input_circuit
 
 from fsnn.platform.config import ConfigError, load_config
 from fsnn.platform.engine import Circuit, SimResult, circuit_from_network, simulate_circuit
 from fsnn.platform.graphs import GraphedSimulator, structure_key
 from fsnn.platform.methods.tsbp import surrogate_spike
-from fsnn.platform.spec import INPUT, Neuron, Projection
+from fsnn.platform.spec import Neuron, Projection
 from fsnn.platform.trainer import model_from_config
 
 NEURONS = [Neuron("IF", v_th=1.0), Neuron("LIF", v_th=0.8, leak=0.9),
@@ -70,16 +70,10 @@ def test_inplace_step_with_masks_spike_input_and_a_population_without_input() ->
     fast = simulate_circuit(frozen, 20, batch=5, record_trains=True)
     _assert_same(fast, _graph_path(frozen, 20, 5, record_trains=True))
 
-    spikes = (torch.rand(12, 3, 6, generator=g) < 0.4).double()
-    net = dense_net(neuron=Neuron("IF", v_th=0.9), T=12)
-    net.projections[0] = Projection("in", INPUT, "a", "dense", net.projections[0].weight,
-                                    net.projections[0].bias)
-    circuit, _ = circuit_from_network(net, torch.rand(3, 6, dtype=torch.float64))
-    spiking = Circuit(circuit.populations, [*circuit.projections, net.projections[0]],
-                      {"b": circuit.const["b"], "a": circuit.const["a"]})
+    spiking, spikes = spike_input_circuit(g)
     fast = simulate_circuit(spiking, 12, batch=3, spike_input=spikes)
     _assert_same(fast, _graph_path(spiking, 12, 3, spike_input=spikes))
-    only_bias = Circuit(circuit.populations[:1], [], {"a": circuit.const["a"]})
+    only_bias = Circuit(spiking.populations[:1], [], {"a": spiking.const["a"]})
     got = simulate_circuit(only_bias, 12, batch=3)
     _assert_same(got, _graph_path(only_bias, 12, 3))
 
@@ -191,14 +185,7 @@ def test_channels_last_state_gives_the_same_spikes_and_trains(tmp_path) -> None:
         assert float((fast.counts[k] != counts).float().mean()) <= 1e-3, k
         total += float(counts.sum())
     assert total > 50
-    grads = []
-    for model in (plain, nhwc):
-        model.train()
-        model.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
-    for a, b in zip(*grads, strict=True):
-        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+    assert_same_gradients(plain, nhwc, x, y)
     save_checkpoint(TrainingState(1, nhwc.state_dict(), {}, {}), tmp_path / "ckpt")
     back = load_checkpoint(tmp_path / "ckpt").model
     assert all(torch.equal(back[k], v) for k, v in nhwc.state_dict().items())

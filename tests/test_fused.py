@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from nets import dense_net, small_model
+from nets import assert_same_gradients, dense_net, small_model, spike_input_circuit
 
 from fsnn.platform import fused
 from fsnn.platform.config import load_config
 from fsnn.platform.engine import Circuit, SimResult, circuit_from_network, simulate_circuit
 from fsnn.platform.graphs import structure_key
 from fsnn.platform.methods.tsbp import surrogate_spike
-from fsnn.platform.spec import INPUT, Neuron, Projection, SpecError
+from fsnn.platform.spec import Neuron, SpecError
 from fsnn.platform.trainer import model_from_config
 
 NEURONS = [Neuron("IF", v_th=1.0), Neuron("LIF", v_th=0.8, leak=0.9),
@@ -72,16 +72,10 @@ def test_fused_step_with_masks_spike_input_bf16_and_a_population_without_input()
     want = simulate_circuit(frozen, 20, batch=5, spike_dtype=torch.bfloat16)
     _assert_close(got, want)
 
-    spikes = (torch.rand(12, 3, 6, generator=g) < 0.4).double()
-    net = dense_net(neuron=Neuron("IF", v_th=0.9), T=12)
-    net.projections[0] = Projection("in", INPUT, "a", "dense", net.projections[0].weight,
-                                    net.projections[0].bias)
-    circuit, _ = circuit_from_network(net, torch.rand(3, 6, dtype=torch.float64))
-    spiking = Circuit(circuit.populations, [*circuit.projections, net.projections[0]],
-                      {"b": circuit.const["b"], "a": circuit.const["a"]})
+    spiking, spikes = spike_input_circuit(g)
     _assert_close(simulate_circuit(spiking, 12, batch=3, spike_input=spikes, fused=True),
                   simulate_circuit(spiking, 12, batch=3, spike_input=spikes), spikes=5)
-    only_bias = Circuit(circuit.populations[:1], [], {"a": circuit.const["a"]})
+    only_bias = Circuit(spiking.populations[:1], [], {"a": spiking.const["a"]})
     _assert_close(simulate_circuit(only_bias, 12, batch=3, fused=True),
                   simulate_circuit(only_bias, 12, batch=3), spikes=5)
     with pytest.raises(SpecError, match="fused: only for simulations without a graph"):
@@ -99,15 +93,7 @@ def test_a_model_trains_and_evaluates_the_same_with_the_fused_step() -> None:
     x, y = torch.rand(6, 1, 8, 8) * 3, torch.randint(0, 4, (6,))
     with torch.no_grad():
         assert torch.allclose(fast.eval()(x), plain.eval()(x), atol=1e-4)
-    grads = []
-    for model in (plain, fast):
-        model.train()
-        model.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
-    assert len(grads[0]) == len(grads[1]) > 0
-    for a, b in zip(*grads, strict=True):
-        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+    assert_same_gradients(plain, fast, x, y)
 
 
 def test_dsr_training_does_not_compile_a_step_per_threshold(monkeypatch) -> None:
