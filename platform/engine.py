@@ -185,7 +185,8 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
                      reset_grad: bool = True,
                      window_start: int | None = None,
                      spike_dtype: torch.dtype | None = None,
-                     fused: bool = False, channels_last: bool = False) -> SimResult:
+                     fused: bool = False, channels_last: bool = False,
+                     with_counts: bool = True) -> SimResult:
     """Run the spiking dynamics for T steps; return (leak-weighted) rates and spike counts.
 
     Without ``spike_fn`` the spikes are a plain comparison (no graph: call it under
@@ -199,7 +200,9 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
     ``fused`` (no-graph runs only): each population's update is one compiled kernel
     (:mod:`fsnn.platform.fused`). ``channels_last``: the state of convolutional populations
     (membranes, spikes, rates) is laid out channels-last (NHWC), the layout tensor-core
-    convolutions read without transposing; the rates come back in it.
+    convolutions read without transposing; the rates come back in it. ``with_counts=False``
+    skips the spike counts (``counts`` comes back empty): LIF populations then keep no count
+    tensor and update one fewer per step — for callers that need only the rates.
     """
     if T <= 0:
         raise SpecError(f"T: must be a positive integer (got {T})")
@@ -221,12 +224,15 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
     depth: dict[str, int] = {}
     for q in circuit.projections:
         depth[q.source] = max(depth.get(q.source, 0), delays[q.name])
-    zeros = {p.name: _zeros((batch, *p.shape), dtype, device, channels_last)
-             for p in circuit.populations}
+    no_current = torch.zeros((), dtype=dtype, device=device)  # for a population without input
     history: dict[str, list[torch.Tensor]] = {}
-    u = {p.name: torch.full_like(zeros[p.name], p.neuron.v_init) for p in circuit.populations}
-    acc = {p.name: torch.zeros_like(zeros[p.name]) for p in circuit.populations}
-    counts = {p.name: torch.zeros_like(zeros[p.name]) for p in circuit.populations}
+    acc = {p.name: _zeros((batch, *p.shape), dtype, device, channels_last)
+           for p in circuit.populations}
+    u = {p.name: torch.full_like(acc[p.name], p.neuron.v_init) for p in circuit.populations}
+    inplace = spike_fn is None  # no graph: update state tensors in place (fewer kernels)
+    # in place, an IF population's counts are its rate sums (copied after the loop)
+    counts = {p.name: torch.zeros_like(acc[p.name]) for p in circuit.populations
+              if with_counts and (p.neuron.leak != 1.0 or not inplace)}
     trains: dict[str, list[torch.Tensor]] = {p.name: [] for p in circuit.populations}
     input_counts = None
     if spike_input is not None:
@@ -240,7 +246,6 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
                and order[q.source] >= order[q.target] else delays[q.name]
                for q in circuit.projections}
     start_acc: dict[str, torch.Tensor] = {}
-    inplace = spike_fn is None  # no graph: update state tensors in place (fewer kernels)
     if fused and not inplace:
         raise SpecError("fused: only for simulations without a graph (no spike_fn)")
     for t in range(T):
@@ -265,15 +270,14 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
                 masks.append(circuit.masks.get(q.name))
             n = p.neuron
             if fused:
-                s = fused_neuron_step(u[p.name], acc[p.name],
-                                      counts[p.name] if n.leak != 1.0 else None, outs, masks,
-                                      zeros[p.name] if const is None else const, n, spike_dtype)
+                s = fused_neuron_step(u[p.name], acc[p.name], counts.get(p.name), outs, masks,
+                                      no_current if const is None else const, n, spike_dtype)
             elif inplace:
                 total = const  # the same sums as below (a + b == b + a), into the fresh outputs
                 for out, mask in zip(outs, masks, strict=True):
                     out = out if mask is None else out.mul_(mask)
                     total = out if total is None else out.add_(total)
-                s = _neuron_step_inplace(u[p.name], zeros[p.name] if total is None else total,
+                s = _neuron_step_inplace(u[p.name], no_current if total is None else total,
                                          n, spike_dtype)
             else:
                 assert spike_fn is not None
@@ -282,7 +286,7 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
                     out = out if mask is None else out * mask
                     total = out if total is None else total + out
                 if total is None:
-                    total = zeros[p.name]
+                    total = no_current
                 v = u[p.name] * n.leak + total if n.leak != 1.0 else u[p.name] + total
                 s = spike_fn(v - n.v_th, n.v_th)
                 r = s if reset_grad else s.detach()
@@ -294,17 +298,19 @@ def simulate_circuit(circuit: Circuit, T: int, *, batch: int, timing: str = "ide
             del hist[depth.get(p.name, 0) + 1:]
             if not inplace:
                 acc[p.name] = acc[p.name] * n.leak + s if n.leak != 1.0 else acc[p.name] + s
-                counts[p.name] = counts[p.name] + s
-            elif not fused and n.leak != 1.0:  # (the fused step has updated them already)
-                acc[p.name].mul_(n.leak).add_(s)
-                counts[p.name].add_(s)
-            elif not fused:  # IF: the counts are the sums in acc (copied after the loop)
+                if with_counts:
+                    counts[p.name] = counts[p.name] + s
+            elif not fused:  # (the fused step has updated them already)
+                if n.leak != 1.0:
+                    acc[p.name].mul_(n.leak)
                 acc[p.name].add_(s)
+                if p.name in counts:
+                    counts[p.name].add_(s)
             if record_trains:
                 trains[p.name].append(s)
         if INPUT in history:
             del history[INPUT][depth.get(INPUT, 0) + 1:]
-    if inplace:
+    if inplace and with_counts:
         for p in circuit.populations:
             if p.neuron.leak == 1.0:
                 counts[p.name] = acc[p.name].clone()

@@ -34,7 +34,8 @@ def _shape(t: torch.Tensor | None) -> Any:
 
 def structure_key(circuit: Circuit, T: int, batch: int, timing: str,
                   spike_input: torch.Tensor | None, spike_dtype: torch.dtype | None,
-                  fused: bool = False, channels_last: bool = False) -> Key:
+                  fused: bool = False, channels_last: bool = False,
+                  with_counts: bool = True) -> Key:
     """Everything a captured graph bakes in: shapes, neuron parameters, wiring, T, timing."""
     pops = tuple((p.name, tuple(p.shape), p.neuron) for p in circuit.populations)
     projs = tuple((q.name, q.source, q.target, q.kind, _shape(q.weight), q.stride, q.padding,
@@ -42,7 +43,7 @@ def structure_key(circuit: Circuit, T: int, batch: int, timing: str,
     const = tuple(sorted((k, _shape(v)) for k, v in circuit.const.items()))
     masks = tuple(sorted((k, _shape(v)) for k, v in circuit.masks.items()))
     return (pops, projs, const, masks, T, batch, timing, _shape(spike_input), spike_dtype, fused,
-            channels_last)
+            channels_last, with_counts)
 
 
 @dataclass
@@ -91,7 +92,7 @@ class GraphedSimulator:
     def __call__(self, circuit: Circuit, T: int, *, timing: str = "ide",
                  spike_input: torch.Tensor | None = None,
                  spike_dtype: torch.dtype | None = None, fused: bool = False,
-                 channels_last: bool = False) -> SimResult:
+                 channels_last: bool = False, with_counts: bool = True) -> SimResult:
         batch = circuit.batch_size(spike_input)
         ref = next(iter(circuit.const.values()), None)
         if ref is None and circuit.projections:
@@ -101,14 +102,15 @@ class GraphedSimulator:
         def eager() -> SimResult:
             return simulate_circuit(circuit, T, batch=batch, timing=timing,
                                     spike_input=spike_input, spike_dtype=spike_dtype,
-                                    fused=fused, channels_last=channels_last)
+                                    fused=fused, channels_last=channels_last,
+                                    with_counts=with_counts)
 
         if device.type != "cuda" or self.stats.disabled is not None \
                 or torch.cuda.is_current_stream_capturing():
             self.stats.eager += 1
             return eager()
         key = structure_key(circuit, T, batch, timing, spike_input, spike_dtype, fused,
-                            channels_last)
+                            channels_last, with_counts)
         entry = self._graphs.get(key)
         if entry is None and self.stats.captures >= self.max_captures \
                 and self.stats.replays < self.min_replays * self.stats.captures:
@@ -119,7 +121,7 @@ class GraphedSimulator:
         if entry is None:
             try:
                 entry = self._capture(circuit, T, batch, timing, spike_input, spike_dtype, fused,
-                                      channels_last)
+                                      channels_last, with_counts)
             except FusedStepError:  # not the graph's fault: the eager run would fail the same way
                 raise
             except RuntimeError as exc:  # e.g. an op that cannot be captured on this build
@@ -159,7 +161,7 @@ class GraphedSimulator:
 
     def _capture(self, circuit: Circuit, T: int, batch: int, timing: str,
                  spike_input: torch.Tensor | None, spike_dtype: torch.dtype | None,
-                 fused: bool, channels_last: bool) -> _Graph:
+                 fused: bool, channels_last: bool, with_counts: bool) -> _Graph:
         static = Circuit(circuit.populations,
                          [replace(q, weight=q.weight.detach().clone(),
                                   bias=None if q.bias is None else q.bias.detach().clone())
@@ -171,7 +173,7 @@ class GraphedSimulator:
         def run() -> SimResult:
             return simulate_circuit(static, T, batch=batch, timing=timing, spike_input=spikes,
                                     spike_dtype=spike_dtype, fused=fused,
-                                    channels_last=channels_last)
+                                    channels_last=channels_last, with_counts=with_counts)
 
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -195,6 +197,8 @@ def _copy(r: SimResult) -> SimResult:
 
 
 def _count_mismatch(a: SimResult, b: SimResult) -> float:
-    differ = sum(int((a.counts[k] != b.counts[k]).sum()) for k in b.counts)
-    total = sum(b.counts[k].numel() for k in b.counts)
+    """The fraction of neurons whose spike count (without counts: rate) differs."""
+    x, y = (a.counts, b.counts) if b.counts else (a.rates, b.rates)
+    differ = sum(int((x[k] != y[k]).sum()) for k in y)
+    total = sum(y[k].numel() for k in y)
     return differ / max(total, 1)

@@ -256,13 +256,13 @@ class FeedbackSNN(nn.Module):
             if self.graphs is not None and stable:
                 sim = self.graphs(frozen, T, timing=self.timing, spike_input=spike_input,
                                   spike_dtype=self.spike_dtype, fused=self.fused_step,
-                                  channels_last=self.channels_last)
+                                  channels_last=self.channels_last, with_counts=False)
             else:
                 sim = simulate_circuit(frozen, T, batch=circuit.batch_size(spike_input),
                                        timing=self.timing, spike_input=spike_input,
                                        spike_dtype=self.spike_dtype,
                                        fused=self.fused_step and stable,
-                                       channels_last=self.channels_last)
+                                       channels_last=self.channels_last, with_counts=False)
         return sim.rates
 
     def readout_input(self, rates: dict[str, torch.Tensor]) -> torch.Tensor:

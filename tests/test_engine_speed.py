@@ -191,3 +191,32 @@ def test_channels_last_state_gives_the_same_spikes_and_trains(tmp_path) -> None:
     assert all(torch.equal(back[k], v) for k, v in nhwc.state_dict().items())
     cfg = load_config(None, ["train.channels_last=true"])
     assert model_from_config(cfg, num_classes=10).channels_last
+
+
+@pytest.mark.parametrize("neuron", NEURONS)
+def test_rates_without_counts_are_the_same_rates(neuron: Neuron) -> None:
+    """``with_counts=False`` (what training and evaluation ask for) drops only the counts."""
+    net = dense_net(neuron=neuron, T=20)
+    circuit, _ = circuit_from_network(net, torch.rand(4, 6, dtype=torch.float64) * 2)
+    for kw in ({}, {"fused": True}, {"spike_fn": surrogate_spike("rectangle", 1.0)}):
+        full = simulate_circuit(circuit, 20, batch=4, window_start=5, **kw)  # type: ignore[arg-type]
+        lean = simulate_circuit(circuit, 20, batch=4, window_start=5, with_counts=False,
+                                **kw)  # type: ignore[arg-type]
+        assert lean.counts == {} and full.counts
+        assert full.window_rates is not None and lean.window_rates is not None
+        for k in full.rates:
+            assert torch.equal(lean.rates[k], full.rates[k]), (kw, k)
+            assert torch.equal(lean.window_rates[k], full.window_rates[k]), (kw, k)
+    circuit, _ = circuit_from_network(net, torch.rand(4, 6, dtype=torch.float64))
+    assert structure_key(circuit, 20, 4, "ide", None, None, with_counts=False) != \
+        structure_key(circuit, 20, 4, "ide", None, None)
+
+
+def test_the_graph_check_compares_rates_when_there_are_no_counts() -> None:
+    from fsnn.platform.graphs import _count_mismatch
+
+    rates = {"a": torch.tensor([[0.1, 0.2, 0.3, 0.4]])}
+    other = {"a": torch.tensor([[0.1, 0.2, 0.3, 0.5]])}
+    assert _count_mismatch(SimResult(other, {}), SimResult(rates, {})) == 0.25
+    counts = {"a": torch.tensor([[1.0, 2.0, 3.0, 4.0]])}
+    assert _count_mismatch(SimResult(other, counts), SimResult(rates, counts)) == 0.0
