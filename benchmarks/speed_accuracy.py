@@ -33,11 +33,14 @@ def overrides_for(variant: str) -> list[str]:
     for part in variant.split("+"):
         if part[:1] == "c" and part[1:].isdigit():  # c<N>: method.check_every=N
             out.append(f"method.check_every={part[1:]}")
+        elif part[:1] == "m" and part[1:].isdigit():  # m<N>: method.memory=N
+            out.append(f"method.memory={part[1:]}")
         elif part in SETTINGS:
             out += SETTINGS[part]
         else:
             raise SystemExit(f"--variants: unknown part {part!r}; known: {', '.join(SETTINGS)}, "
-                             "c<N> (adjoint residual read every N iterations)")
+                             "c<N> (adjoint residual read every N iterations), "
+                             "m<N> (solver memory)")
     return out
 
 

@@ -56,7 +56,7 @@ class MethodConfig(_Strict):
     tol: float = Field(1e-4, gt=0, description="relative residual to stop the adjoint solve")
     memory: int | None = Field(None, gt=0, description="Broyden: update pairs kept (each two "
                                "state-sized tensors; unset: all, up to max_iter); Anderson: "
-                               "iterates mixed (unset: 5)")
+                               "iterates mixed (unset: 3)")
     check_every: int = Field(1, gt=0, description="read the adjoint residual on the host every "
                              "k iterations (fewer GPU syncs, up to k-1 extra iterations; "
                              ">= max_iter: a fixed budget)")

@@ -23,7 +23,7 @@ class AdjointConfig:
     method: str = "anderson"
     max_iter: int = 30
     tol: float = 1e-4
-    memory: int | None = None  # Broyden: update pairs kept (None: all); Anderson: window (5)
+    memory: int | None = None  # Broyden: update pairs kept (None: all); Anderson: window (3)
     check_every: int = 1  # host reads of the residual: every k iterations (solvers.py)
 
 
