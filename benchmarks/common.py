@@ -3,9 +3,12 @@ size of the graph autograd keeps for the backward pass."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +35,30 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     sep = "-+-".join("-" * w for w in widths)
     body = [" | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join([line, sep, *body])
+
+
+def checked_variants(ap: argparse.ArgumentParser, text: str,
+                     check: Callable[[str], object]) -> list[str]:
+    """The comma-separated variants, each passed through ``check`` (a ValueError from it ends
+    the program with the parser's usage message, before any work)."""
+    variants = text.split(",")
+    try:
+        for v in variants:
+            check(v)
+    except ValueError as exc:
+        ap.error(str(exc))
+    return variants
+
+
+def run_one(script: str, args: list[str], label: str,
+            env: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """One configuration in a fresh process (``script *args``), whose last line of output is a
+    JSON row; None, with the reason printed, if it failed."""
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        print(f"{label}: failed\n{out.stderr[-2000:]}", flush=True)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:

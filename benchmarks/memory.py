@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import table, write_json
+from common import checked_variants, run_one, table, write_json
 
 ANCHOR_MIB = {"f64c5": 579.0, "alexnet_f": 1396.0}
 SOLVERS = {"aa": "anderson", "br": "broyden", "fp": "fixed_point"}
@@ -127,12 +126,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/memory.json")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    variants = args.variants.split(",")
-    try:
-        for v in variants:
-            _parse(v)
-    except ValueError as exc:
-        ap.error(str(exc))
+    variants = checked_variants(ap, args.variants, _parse)
     if args.one:
         model, variant = args.one.split(":")
         print(json.dumps(measure(model, args.T, args.batch, variant, args.device)))
@@ -141,14 +135,11 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for model in args.models.split(","):
         for variant in variants:
-            out = subprocess.run([sys.executable, __file__, "--one", f"{model}:{variant}",
-                                  "--T", str(args.T), "--batch", str(args.batch),
-                                  "--device", args.device], capture_output=True, text=True,
-                                 env=env)
-            if out.returncode != 0:
-                print(f"{model} {variant}: failed\n{out.stderr[-2000:]}", flush=True)
+            row = run_one(__file__, ["--one", f"{model}:{variant}", "--T", str(args.T),
+                                     "--batch", str(args.batch), "--device", args.device],
+                          f"{model} {variant}", env)
+            if row is None:
                 continue
-            row = json.loads(out.stdout.strip().splitlines()[-1])
             # plus weights and momentum (allocated before the step; gradients are in the peak)
             peak = max(row["forward_peak_mib"], row["backward_peak_mib"]) + 2 * row["params_mib"]
             row["step_peak_mib"] = peak

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import saved_graph_mib, table, write_json
+from common import checked_variants, run_one, saved_graph_mib, table, write_json
 
 ANCHOR = {("f64c5", 30): (802, 579, 16116), ("alexnet_f", 30): (506, 1396, 2711),
           ("alexnet_f", 100): (333, 1396, 987)}
@@ -149,12 +148,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/throughput.json")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    variants = args.variants.split(",")
-    try:
-        for v in variants:
-            variant_parts(v)
-    except ValueError as exc:
-        ap.error(str(exc))
+    variants = checked_variants(ap, args.variants, variant_parts)
     if args.one:
         model_name, T, variant = args.one.split(":")
         print(json.dumps(measure(model_name, int(T), args.batch, args.iters, args.device,
@@ -164,16 +158,12 @@ def main() -> None:
     for model_name in args.models.split(","):
         for T in (int(t) for t in args.T.split(",")):
             for variant in variants:
-                out = subprocess.run([sys.executable, __file__, "--one",
-                                      f"{model_name}:{T}:{variant}", "--batch", str(args.batch),
-                                      "--iters", str(args.iters), "--device", args.device,
-                                      "--neuron", args.neuron, "--variants", variant],
-                                     capture_output=True, text=True)
-                if out.returncode != 0:
-                    print(f"{model_name} T={T} {variant}: failed\n{out.stderr[-2000:]}",
-                          flush=True)
+                row = run_one(__file__, ["--one", f"{model_name}:{T}:{variant}", "--batch",
+                                         str(args.batch), "--iters", str(args.iters), "--device",
+                                         args.device, "--neuron", args.neuron, "--variants",
+                                         variant], f"{model_name} T={T} {variant}")
+                if row is None:
                     continue
-                row = json.loads(out.stdout.strip().splitlines()[-1])
                 anchor = ANCHOR.get((model_name, T))
                 if anchor and args.device == "cuda":
                     row["train_vs_anchor"] = row["train_img_s"] / anchor[0]
