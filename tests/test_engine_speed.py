@@ -220,3 +220,22 @@ def test_the_graph_check_compares_rates_when_there_are_no_counts() -> None:
     assert _count_mismatch(SimResult(other, {}), SimResult(rates, {})) == 0.25
     counts = {"a": torch.tensor([[1.0, 2.0, 3.0, 4.0]])}
     assert _count_mismatch(SimResult(other, counts), SimResult(rates, counts)) == 0.0
+
+
+def test_unit_rate_keeps_a_mask_and_gives_clamps_values_and_gradients() -> None:
+    from fsnn.platform.engine import unit_rate
+
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(64, 50, generator=g, dtype=torch.float64) * 2).requires_grad_(True)
+    with torch.no_grad():  # values exactly on the clamp's edges: 0 and V_th
+        x[0, :5] = 0.0
+        x[1, :5] = 1.3
+    grad = torch.randn(64, 50, generator=g, dtype=torch.float64)
+    ours = unit_rate(x, 1.3)
+    saved = ours.grad_fn.saved_tensors  # type: ignore[union-attr]
+    assert [t.dtype for t in saved] == [torch.bool]  # 1 byte per neuron, not the 8-byte input
+    (g_ours,) = torch.autograd.grad(ours, x, grad)
+    ref = torch.clamp(x / 1.3, 0.0, 1.0)
+    (g_ref,) = torch.autograd.grad(ref, x, grad)
+    assert torch.equal(ours, ref) and torch.equal(g_ours, g_ref)
+    assert bool((g_ours[0, :5] != 0).all()) and bool((g_ours[1, :5] != 0).all())
