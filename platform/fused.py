@@ -29,8 +29,7 @@ from fsnn.platform.spec import Neuron
 
 MAX_SPECIALISATIONS = 64  # populations x batch shapes x dtypes one process may compile
 
-_kernels: dict[tuple[Any, ...], Callable[..., torch.Tensor]] = {}
-_compiled_keys: set[tuple[Any, ...]] = set()  # specialisations whose first call succeeded
+_kernels: dict[tuple[Any, ...], Callable[..., torch.Tensor]] = {}  # each compiled and run once
 
 
 class FusedStepError(RuntimeError):
@@ -67,20 +66,14 @@ def _step(v: torch.Tensor, acc: torch.Tensor, counts: torch.Tensor | None,
     return s
 
 
-def _kernel(key: tuple[Any, ...]) -> Callable[..., torch.Tensor] | None:
-    """The compiled step for one specialisation (None beyond :data:`MAX_SPECIALISATIONS`).
-
-    Each is compiled from its own copy of :func:`_step`'s code: torch.compile keeps its cache on
-    the code object, so every specialisation has one entry to check per call (fast) and none
-    counts against torch's recompile limit of the others.
-    """
-    kernel = _kernels.get(key)
-    if kernel is None and len(_kernels) < MAX_SPECIALISATIONS:
-        code = _step.__code__.replace(co_name=f"_fused_step_{len(_kernels)}")
-        fresh = types.FunctionType(code, _step.__globals__, code.co_name, _step.__defaults__,
-                                   _step.__closure__)
-        kernel = _kernels[key] = torch.compile(fresh, fullgraph=True, dynamic=False)
-    return kernel
+def _new_kernel() -> Callable[..., torch.Tensor]:
+    """:func:`_step` compiled from its own copy of the code: torch.compile keeps its cache on the
+    code object, so every specialisation has one entry to check per call (fast) and none counts
+    against torch's recompile limit of the others."""
+    code = _step.__code__.replace(co_name=f"_fused_step_{len(_kernels)}")
+    fresh = types.FunctionType(code, _step.__globals__, code.co_name, _step.__defaults__,
+                               _step.__closure__)
+    return torch.compile(fresh, fullgraph=True, dynamic=False)
 
 
 @contextmanager
@@ -121,23 +114,22 @@ def neuron_step(v: torch.Tensor, acc: torch.Tensor, counts: torch.Tensor | None,
             v_reset, spike_dtype or v.dtype)
     key = (v.shape, v.dtype, v.device, args[6:], counts is None, const.shape,
            tuple(None if m is None else m.shape for m in masks))
-    compiled = key in _compiled_keys
-    kernel = _kernel(key)
-    if kernel is None:  # too many specialisations: the same arithmetic, uncompiled
-        return _step(*args)
-    if compiled:
+    kernel = _kernels.get(key)
+    if kernel is not None:
         with _local_symbols():
             return kernel(*args)
+    if len(_kernels) >= MAX_SPECIALISATIONS:  # the same arithmetic, uncompiled
+        return _step(*args)
+    kernel = _new_kernel()
     try:
         with _local_symbols():
-            out = kernel(*args)
+            out = kernel(*args)  # compiles
     except Exception as exc:  # the compiler's failures have many types
-        del _kernels[key]
         raise FusedStepError(
             f"train.fused_step: torch.compile could not build the fused neuron update on "
             f"{v.device.type} ({exc.__class__.__name__}: {_first_line(exc)}); set "
             "train.fused_step: false (the eager step computes the same), or give this "
             "machine what the compiler needs (a C++ compiler for CPU, Triton for CUDA)"
         ) from exc
-    _compiled_keys.add(key)
+    _kernels[key] = kernel
     return out

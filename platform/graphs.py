@@ -7,9 +7,10 @@ for one structure (populations, projections, shapes, T, timing) and replays it w
 inputs copied into the graph's static buffers. Weights change after every optimiser step: they are
 copied too (a few MB at most), so one graph serves a whole run.
 
-Each new graph is checked once against an eager run on the same inputs; if the spike counts
-disagree beyond ``tolerance`` (a changed convolution algorithm can flip a spike that sits exactly
-on threshold, nothing more), graphs are switched off with a warning and the eager path is used.
+Each new graph is checked once against an eager run on the same inputs; if the spike counts (the
+rates, when the simulation keeps no counts) disagree beyond ``tolerance`` (a changed convolution
+algorithm can flip a spike that sits exactly on threshold, nothing more), graphs are switched off
+with a warning and the eager path is used.
 Off CUDA, or while a capture is impossible, the eager path runs unchanged.
 """
 
@@ -34,16 +35,16 @@ def _shape(t: torch.Tensor | None) -> Any:
 
 def structure_key(circuit: Circuit, T: int, batch: int, timing: str,
                   spike_input: torch.Tensor | None, spike_dtype: torch.dtype | None,
-                  fused: bool = False, channels_last: bool = False,
-                  with_counts: bool = True) -> Key:
-    """Everything a captured graph bakes in: shapes, neuron parameters, wiring, T, timing."""
+                  **options: Any) -> Key:
+    """Everything a captured graph bakes in: shapes, neuron parameters, wiring, T, timing and
+    the simulation's other keyword ``options`` (fused, channels_last, with_counts, ...)."""
     pops = tuple((p.name, tuple(p.shape), p.neuron) for p in circuit.populations)
     projs = tuple((q.name, q.source, q.target, q.kind, _shape(q.weight), q.stride, q.padding,
                    q.output_padding, q.delay, q.feedback) for q in circuit.projections)
     const = tuple(sorted((k, _shape(v)) for k, v in circuit.const.items()))
     masks = tuple(sorted((k, _shape(v)) for k, v in circuit.masks.items()))
-    return (pops, projs, const, masks, T, batch, timing, _shape(spike_input), spike_dtype, fused,
-            channels_last, with_counts)
+    return (pops, projs, const, masks, T, batch, timing, _shape(spike_input), spike_dtype,
+            tuple(sorted(options.items())))
 
 
 @dataclass
@@ -91,8 +92,9 @@ class GraphedSimulator:
 
     def __call__(self, circuit: Circuit, T: int, *, timing: str = "ide",
                  spike_input: torch.Tensor | None = None,
-                 spike_dtype: torch.dtype | None = None, fused: bool = False,
-                 channels_last: bool = False, with_counts: bool = True) -> SimResult:
+                 spike_dtype: torch.dtype | None = None, **options: Any) -> SimResult:
+        """``options``: further keyword options of :func:`simulate_circuit` (fused,
+        channels_last, with_counts); each is part of the graph's key."""
         batch = circuit.batch_size(spike_input)
         ref = next(iter(circuit.const.values()), None)
         if ref is None and circuit.projections:
@@ -101,16 +103,13 @@ class GraphedSimulator:
 
         def eager() -> SimResult:
             return simulate_circuit(circuit, T, batch=batch, timing=timing,
-                                    spike_input=spike_input, spike_dtype=spike_dtype,
-                                    fused=fused, channels_last=channels_last,
-                                    with_counts=with_counts)
+                                    spike_input=spike_input, spike_dtype=spike_dtype, **options)
 
         if device.type != "cuda" or self.stats.disabled is not None \
                 or torch.cuda.is_current_stream_capturing():
             self.stats.eager += 1
             return eager()
-        key = structure_key(circuit, T, batch, timing, spike_input, spike_dtype, fused,
-                            channels_last, with_counts)
+        key = structure_key(circuit, T, batch, timing, spike_input, spike_dtype, **options)
         entry = self._graphs.get(key)
         if entry is None and self.stats.captures >= self.max_captures \
                 and self.stats.replays < self.min_replays * self.stats.captures:
@@ -120,8 +119,8 @@ class GraphedSimulator:
             return eager()
         if entry is None:
             try:
-                entry = self._capture(circuit, T, batch, timing, spike_input, spike_dtype, fused,
-                                      channels_last, with_counts)
+                entry = self._capture(circuit, T, batch, timing, spike_input, spike_dtype,
+                                      options)
             except FusedStepError:  # not the graph's fault: the eager run would fail the same way
                 raise
             except RuntimeError as exc:  # e.g. an op that cannot be captured on this build
@@ -161,7 +160,7 @@ class GraphedSimulator:
 
     def _capture(self, circuit: Circuit, T: int, batch: int, timing: str,
                  spike_input: torch.Tensor | None, spike_dtype: torch.dtype | None,
-                 fused: bool, channels_last: bool, with_counts: bool) -> _Graph:
+                 options: dict[str, Any]) -> _Graph:
         static = Circuit(circuit.populations,
                          [replace(q, weight=q.weight.detach().clone(),
                                   bias=None if q.bias is None else q.bias.detach().clone())
@@ -172,8 +171,7 @@ class GraphedSimulator:
 
         def run() -> SimResult:
             return simulate_circuit(static, T, batch=batch, timing=timing, spike_input=spikes,
-                                    spike_dtype=spike_dtype, fused=fused,
-                                    channels_last=channels_last, with_counts=with_counts)
+                                    spike_dtype=spike_dtype, **options)
 
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

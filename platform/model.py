@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -253,16 +254,16 @@ class FeedbackSNN(nn.Module):
             # a method whose training changes the neurons every step (DSR's thresholds) would
             # need a new graph and a new compiled step per step: its training runs eagerly
             stable = not self.training or self.method.external_forward
+            options: dict[str, Any] = {"timing": self.timing, "spike_input": spike_input,
+                                       "spike_dtype": self.spike_dtype,
+                                       "fused": self.fused_step and stable,
+                                       "channels_last": self.channels_last,
+                                       "with_counts": False}
             if self.graphs is not None and stable:
-                sim = self.graphs(frozen, T, timing=self.timing, spike_input=spike_input,
-                                  spike_dtype=self.spike_dtype, fused=self.fused_step,
-                                  channels_last=self.channels_last, with_counts=False)
+                sim = self.graphs(frozen, T, **options)
             else:
                 sim = simulate_circuit(frozen, T, batch=circuit.batch_size(spike_input),
-                                       timing=self.timing, spike_input=spike_input,
-                                       spike_dtype=self.spike_dtype,
-                                       fused=self.fused_step and stable,
-                                       channels_last=self.channels_last, with_counts=False)
+                                       **options)
         return sim.rates
 
     def readout_input(self, rates: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -209,7 +209,7 @@ def test_rates_without_counts_are_the_same_rates(neuron: Neuron) -> None:
             assert torch.equal(lean.window_rates[k], full.window_rates[k]), (kw, k)
     circuit, _ = circuit_from_network(net, torch.rand(4, 6, dtype=torch.float64))
     assert structure_key(circuit, 20, 4, "ide", None, None, with_counts=False) != \
-        structure_key(circuit, 20, 4, "ide", None, None)
+        structure_key(circuit, 20, 4, "ide", None, None, with_counts=True)
 
 
 def test_the_graph_check_compares_rates_when_there_are_no_counts() -> None:

@@ -124,15 +124,16 @@ def test_a_machine_that_cannot_compile_gets_the_fix(monkeypatch) -> None:
     import torch._inductor.config as inductor_config
 
     monkeypatch.setattr(fused, "_kernels", {})
-    monkeypatch.setattr(fused, "_compiled_keys", set())
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
-    monkeypatch.setattr(inductor_config, "force_disable_caches", True)
     torch._dynamo.reset()
+    # the config's own patch (monkeypatching its attributes left it broken for later compiles)
+    patch = inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",),
+                                   "force_disable_caches": True})
     try:
-        net = dense_net(neuron=Neuron("LIF", v_th=0.61, leak=0.93), T=5)
-        circuit, _ = circuit_from_network(net, torch.rand(3, 6, dtype=torch.float64))
-        with pytest.raises(fused.FusedStepError, match=r"train\.fused_step: false"):
-            simulate_circuit(circuit, 5, batch=3, fused=True)
+        with patch:
+            net = dense_net(neuron=Neuron("LIF", v_th=0.61, leak=0.93), T=5)
+            circuit, _ = circuit_from_network(net, torch.rand(3, 6, dtype=torch.float64))
+            with pytest.raises(fused.FusedStepError, match=r"train\.fused_step: false"):
+                simulate_circuit(circuit, 5, batch=3, fused=True)
     finally:
         torch._dynamo.reset()
 
@@ -142,9 +143,10 @@ def test_the_config_and_the_graph_key_know_the_fused_step() -> None:
     assert model.fused_step
     assert not model_from_config(load_config(None), num_classes=10).fused_step
     circuit, _ = circuit_from_network(dense_net(T=5), torch.rand(3, 6, dtype=torch.float64))
-    plain = structure_key(circuit, 5, 3, "ide", None, None, False)
-    assert structure_key(circuit, 5, 3, "ide", None, None, True) != plain
-    assert structure_key(circuit, 5, 3, "ide", None, None, False, True) != plain
+    plain = structure_key(circuit, 5, 3, "ide", None, None, fused=False)
+    assert structure_key(circuit, 5, 3, "ide", None, None, fused=True) != plain
+    assert structure_key(circuit, 5, 3, "ide", None, None, fused=False,
+                         channels_last=True) != plain
 
 
 def test_kernels_stay_apart_where_the_process_loads_libraries_globally() -> None:
