@@ -8,8 +8,8 @@
 #
 # Each part has its own time limit and the run goes on when one fails; everything it prints is
 # also in $OUT/session.log. SMOKE=1 shrinks every part to seconds (tests/test_gpu_session.py runs
-# it so on the CPU, to keep the script working between GPU sessions). At most 9 1/2 minutes (the
-# sum of the limits): run it with timeout_s 590.
+# it so on the CPU, to keep the script working between GPU sessions). At most 9 minutes (the
+# sum of the limits): run it with timeout_s 550. ONLY="part ..." runs just those parts.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -46,8 +46,9 @@ else
   S_GC="" S_TP="" S_SA="" S_EN=""
 fi
 
-part() {  # part SECONDS NAME COMMAND...
+part() {  # part SECONDS NAME COMMAND...  (ONLY="name name ...": just those parts)
   local limit=$1 name=$2; shift 2
+  case " ${ONLY:-$name} " in *" $name "*) ;; *) return 0 ;; esac
   echo; echo "=== $name ($(date +%T), limit ${limit}s)"
   local t0=$SECONDS
   timeout "$limit" "$@" || echo "=== $name: exit $?"
@@ -59,17 +60,19 @@ B=benchmarks
 {
 part 60 graph-check $PY $B/graph_check.py --models f64c5,f64c5_nmnist,alexnet_f \
   --out "$OUT/graph_check.json" $S_GC
-# one part per model (neither can starve the other); the variants most needed come first
-V=eager+br,graphs+bf16+fu+c5,graphs+bf16+fu+c5+cl,graphs,graphs+bf16,graphs+fu,eager
-part 110 throughput-f64c5 $PY $B/throughput.py --models f64c5 --T 30 --iters 20 \
+# one part per model (neither can starve the other); the variants most needed come first:
+# the anchor-like baseline (Broyden, no graphs), the defaults on a GPU (graphs, fused step), then
+# the opt-in levers and plain eager
+V=eager+br,graphs+fu,graphs+bf16+fu,graphs+fu+cl,eager
+part 125 throughput-f64c5 $PY $B/throughput.py --models f64c5 --T 30 --iters 20 \
   --variants $V --out "$OUT/throughput_f64c5.json" $S_TP
-part 130 throughput-alexnet $PY $B/throughput.py --models alexnet_f --T 30 --iters 20 \
+part 110 throughput-alexnet $PY $B/throughput.py --models alexnet_f --T 30 --iters 20 \
   --variants $V --out "$OUT/throughput_alexnet.json" $S_TP
-part 50 throughput-t100 $PY $B/throughput.py --models alexnet_f --T 100 --iters 10 \
-  --variants eager+br,graphs+bf16+fu+c5 --out "$OUT/throughput_t100.json" $S_TP
-part 40 throughput-if $PY $B/throughput.py --models alexnet_f --T 30 --neuron IF --iters 10 \
-  --variants eager+br,graphs+bf16+fu+c5 --out "$OUT/throughput_if.json" $S_TP
-part 110 speed-accuracy $PY $B/speed_accuracy.py --variants eager+br,graphs,graphs+bf16+fu+c5 \
+part 45 throughput-t100 $PY $B/throughput.py --models alexnet_f --T 100 --iters 10 \
+  --variants eager+br,graphs+fu --out "$OUT/throughput_t100.json" $S_TP
+part 50 throughput-if $PY $B/throughput.py --models alexnet_f --T 30 --neuron IF --iters 10 \
+  --variants eager+br,graphs+fu --out "$OUT/throughput_if.json" $S_TP
+part 80 speed-accuracy $PY $B/speed_accuracy.py --variants eager+br,graphs+fu,graphs+bf16+fu \
   --seeds 2 --epochs 2 --train-limit 20000 --out "$OUT/speed_accuracy.json" $S_SA
 part 70 energy $PY $B/energy_check.py --out "$OUT/energy_check.json" $S_EN
 }

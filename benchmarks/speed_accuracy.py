@@ -29,7 +29,7 @@ SETTINGS = {"eager": ["train.cuda_graphs=false"], "graphs": ["train.cuda_graphs=
 
 
 def overrides_for(variant: str) -> list[str]:
-    out = ["train.cuda_graphs=false"]
+    out = ["train.cuda_graphs=false", "train.fused_step=false"]  # each part turns one on
     for part in variant.split("+"):
         if part[:1] == "c" and part[1:].isdigit():  # c<N>: method.check_every=N
             out.append(f"method.check_every={part[1:]}")

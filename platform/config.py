@@ -121,9 +121,11 @@ class TrainConfig(_Strict):
     spike_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="type spikes are multiplied in by the simulation (bfloat16: "
         "exact spikes, weights rounded to 8 bits of mantissa; membranes stay float32)")
-    fused_step: bool = Field(False, description="compile each population's neuron update into "
-                             "one kernel (torch.compile: Triton on a GPU, C++ on a CPU; "
-                             "compiles once per process)")
+    fused_step: bool | Literal["auto"] = Field(
+        "auto", description="compile each population's neuron update into one kernel "
+        "(torch.compile: Triton on a GPU, C++ on a CPU; compiles once per process). auto: on "
+        "a GPU (where it pays: 1.07-1.14x training, 1.3-1.4x evaluation on an H200), off on a "
+        "CPU, and off with a warning where it cannot compile")
     channels_last: bool = Field(False, description="convolutional state and weights in NHWC "
                                 "(the layout tensor-core convolutions read without transposing)")
 

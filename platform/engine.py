@@ -39,7 +39,8 @@ class Circuit:
 
     ``const`` holds each population's constant input current (biases plus the analog input
     through the first projection), shaped ``[B, *shape]`` or broadcastable to it. ``masks``
-    optionally scales a projection's output (fixed dropout masks during training).
+    multiplies a projection's output (fixed dropout masks during training: boolean, their
+    1/keep scale already in the weight; any tensor broadcastable to the output works).
     """
 
     populations: list[Population]

@@ -113,7 +113,7 @@ def neuron_step(v: torch.Tensor, acc: torch.Tensor, counts: torch.Tensor | None,
     args = (v, acc, counts, inputs, masks, const, float(neuron.leak), float(neuron.v_th),
             v_reset, spike_dtype or v.dtype)
     key = (v.shape, v.dtype, v.device, args[6:], counts is None, const.shape,
-           tuple(None if m is None else m.shape for m in masks))
+           tuple(None if m is None else (m.shape, m.dtype) for m in masks))
     kernel = _kernels.get(key)
     if kernel is not None:
         with _local_symbols():

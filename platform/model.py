@@ -12,14 +12,16 @@ may also own parameters (DSR's thresholds) that shape the circuit and the export
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from fsnn.platform.engine import Circuit, equilibrium_map, simulate_circuit
+from fsnn.platform.fused import FusedStepError
 from fsnn.platform.graphs import GraphedSimulator
 from fsnn.platform.ide import AdjointConfig, AdjointLog, implicit_equilibrium
 from fsnn.platform.layers import ProjectionLayer
@@ -37,12 +39,18 @@ from fsnn.platform.spec import (
     SpecError,
 )
 
+FusedSetting = bool | Literal["auto"]
+"""``train.fused_step``: on, off, or ``"auto"`` (on for the device types below)."""
+AUTO_FUSED_DEVICES = ("cuda",)  # where the compiled step paid (an H200); a 2-core CPU: it did not
 RateSource = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 """``source(x) -> rates``: every population's rates ``[B, *shape]`` for a batch ``x``."""
 
 
 def _pop(i: int) -> str:
     return f"h{i}"
+
+
+INPUT_MASK = "in"  # the input projection's name (its dropout mask's key)
 
 
 def _ring_name(i: int, n: int) -> str:
@@ -87,7 +95,7 @@ class FeedbackSNN(nn.Module):
         self.rate_source: RateSource | None = None
         self.graphs: GraphedSimulator | None = None
         self.spike_dtype: torch.dtype | None = None
-        self.fused_step = False
+        self.fused_step: FusedSetting = False
         self.channels_last = False
 
     # -- hardware in the loop -------------------------------------------------------------------
@@ -149,9 +157,11 @@ class FeedbackSNN(nn.Module):
             add(_pop(0), input_current)
         else:
             w, b = self.input_layer.folded()
-            projections.append(Projection("in", INPUT, _pop(0), self.input_layer.kind, w, None,
-                                          self.input_layer.stride, self.input_layer.padding,
-                                          self.input_layer.output_padding))
+            if INPUT_MASK in masks:
+                w = w * self.input_layer.dropout_scale
+            inp = self.input_layer
+            projections.append(Projection(INPUT_MASK, INPUT, _pop(0), inp.kind, w, None,
+                                          inp.stride, inp.padding, inp.output_padding))
             if b is not None:
                 add(_pop(0), self.input_layer._channel(b))
         n = len(self.ring)
@@ -161,6 +171,8 @@ class FeedbackSNN(nn.Module):
             value = self.method.spike_value(src)
             if value is not None:
                 w = w * value
+            if _ring_name(i, n) in masks:
+                w = w * layer.dropout_scale
             projections.append(Projection(_ring_name(i, n), src, dst, layer.kind, w, None,
                                           layer.stride, layer.padding, layer.output_padding,
                                           feedback=i == n - 1))
@@ -199,13 +211,13 @@ class FeedbackSNN(nn.Module):
         if self.input_kind == "analog":
             current: torch.Tensor | None = self.input_layer.current(x)
             if m is not None:
-                current = current * m
+                current = current * m * self.input_layer.dropout_scale
             return self.circuit(current, masks), None, None
         spikes = x.transpose(0, 1)
         input_rate = spikes[:T].mean(0)
         self.input_layer.update_bn(input_rate)
         if m is not None:
-            masks["in"] = m
+            masks[INPUT_MASK] = m
         return self.circuit(None, masks), spikes, input_rate
 
     def rate_maps(self, circuit: Circuit, input_rate: torch.Tensor | None) -> tuple[
@@ -232,11 +244,12 @@ class FeedbackSNN(nn.Module):
         return self.unflatten_rates(state)
 
     def set_speed(self, *, cuda_graphs: bool = False, spike_dtype: torch.dtype | None = None,
-                  fused_step: bool = False, channels_last: bool = False) -> FeedbackSNN:
+                  fused_step: FusedSetting = False, channels_last: bool = False) -> FeedbackSNN:
         """How the graph-free simulation (IDE's forward, evaluation) runs: replayed CUDA graphs
         (on a GPU; :mod:`fsnn.platform.graphs`), the type spikes are multiplied in
         (``torch.bfloat16``: exact spikes, weights rounded; ``None``: the state's type) and
-        whether each population's update is one compiled kernel (:mod:`fsnn.platform.fused`);
+        whether each population's update is one compiled kernel (:mod:`fsnn.platform.fused`;
+        ``"auto"``: on a GPU, where it pays, and off with a warning where it cannot compile);
         ``channels_last``: convolutional state and weights in NHWC (tensor-core layout)."""
         self.graphs = GraphedSimulator() if cuda_graphs else None
         self.spike_dtype = spike_dtype
@@ -254,16 +267,27 @@ class FeedbackSNN(nn.Module):
             # a method whose training changes the neurons every step (DSR's thresholds) would
             # need a new graph and a new compiled step per step: its training runs eagerly
             stable = not self.training or self.method.external_forward
+            device = self.classifier.weight.device
+            fused = self.fused_step is True or (self.fused_step == "auto"
+                                                and device.type in AUTO_FUSED_DEVICES)
             options: dict[str, Any] = {"timing": self.timing, "spike_input": spike_input,
                                        "spike_dtype": self.spike_dtype,
-                                       "fused": self.fused_step and stable,
+                                       "fused": fused and stable,
                                        "channels_last": self.channels_last,
                                        "with_counts": False}
-            if self.graphs is not None and stable:
-                sim = self.graphs(frozen, T, **options)
-            else:
-                sim = simulate_circuit(frozen, T, batch=circuit.batch_size(spike_input),
-                                       **options)
+            try:
+                if self.graphs is not None and stable:
+                    sim = self.graphs(frozen, T, **options)
+                else:
+                    sim = simulate_circuit(frozen, T, batch=circuit.batch_size(spike_input),
+                                           **options)
+            except FusedStepError as exc:
+                if self.fused_step != "auto":
+                    raise
+                warnings.warn(f"{exc}. train.fused_step is auto: the unfused step runs from "
+                              "now on", RuntimeWarning, stacklevel=2)
+                self.fused_step = False
+                return self.simulate(circuit, T, spike_input)
         return sim.rates
 
     def readout_input(self, rates: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -310,7 +334,7 @@ class FeedbackSNN(nn.Module):
     def to_network(self, *, T: int | None = None, metadata: dict | None = None) -> Network:
         """The spec of this model (eval semantics: batch norm folded with running statistics)."""
         self.method.refresh()  # e.g. thresholds back within their bounds after an optimiser step
-        projections = [self.input_layer.export("in", INPUT, _pop(0), feedback=False)]
+        projections = [self.input_layer.export(INPUT_MASK, INPUT, _pop(0), feedback=False)]
         n = len(self.ring)
         for i, layer in enumerate(self.ring):
             src, dst = self._ring_ends(i)

@@ -138,10 +138,49 @@ def test_a_machine_that_cannot_compile_gets_the_fix(monkeypatch) -> None:
         torch._dynamo.reset()
 
 
+def test_auto_fuses_on_gpus_only_and_falls_back_where_it_cannot_compile(monkeypatch) -> None:
+    """``train.fused_step: auto`` (the default): CUDA devices fuse, a CPU does not; a device
+    whose compile fails warns once and goes on unfused with the same rates."""
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+
+    calls: list[int] = []
+    real = fused.neuron_step
+
+    def counted(*args: object, **kw: object) -> torch.Tensor:
+        calls.append(1)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("fsnn.platform.engine.fused_neuron_step", counted)
+    cfg = load_config(None, ["model=f400", "T=5", "train.cuda_graphs=false"])
+    assert cfg.train.fused_step == "auto"
+    model = model_from_config(cfg, num_classes=10).eval()
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        plain = model(x)
+    assert not calls and model.fused_step == "auto"  # a CPU: unfused
+
+    monkeypatch.setattr("fsnn.platform.model.AUTO_FUSED_DEVICES", ("cpu",))
+    monkeypatch.setattr(fused, "_kernels", {})
+    torch._dynamo.reset()
+    patch = inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",),
+                                   "force_disable_caches": True})
+    try:
+        with patch, torch.no_grad(), pytest.warns(RuntimeWarning, match="unfused step"):
+            again = model(x)
+    finally:
+        torch._dynamo.reset()
+    assert calls and model.fused_step is False
+    assert torch.equal(again, plain)
+    with torch.no_grad():
+        assert torch.equal(model(x), plain)  # no second warning: it stays off
+
+
 def test_the_config_and_the_graph_key_know_the_fused_step() -> None:
     model = model_from_config(load_config(None, ["train.fused_step=true"]), num_classes=10)
-    assert model.fused_step
-    assert not model_from_config(load_config(None), num_classes=10).fused_step
+    assert model.fused_step is True
+    off = model_from_config(load_config(None, ["train.fused_step=false"]), num_classes=10)
+    assert off.fused_step is False
     circuit, _ = circuit_from_network(dense_net(T=5), torch.rand(3, 6, dtype=torch.float64))
     plain = structure_key(circuit, 5, 3, "ide", None, None, fused=False)
     assert structure_key(circuit, 5, 3, "ide", None, None, fused=True) != plain
