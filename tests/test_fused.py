@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -96,12 +98,8 @@ def test_a_model_trains_and_evaluates_the_same_with_the_fused_step() -> None:
     assert_same_gradients(plain, fast, x, y)
 
 
-def test_dsr_training_does_not_compile_a_step_per_threshold(monkeypatch) -> None:
-    """DSR changes its thresholds every step: its training simulates eagerly, evaluation fuses."""
-    cfg = load_config(None, ["model=f400", "method.name=dsr", "train.fused_step=true",
-                             "T=5", "train.cuda_graphs=false"])
-    model = model_from_config(cfg, num_classes=10)
-    assert model.fused_step
+def _count_fused_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one at each call of the fused step."""
     calls: list[int] = []
     real = fused.neuron_step
 
@@ -110,16 +108,12 @@ def test_dsr_training_does_not_compile_a_step_per_threshold(monkeypatch) -> None
         return real(*args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr("fsnn.platform.engine.fused_neuron_step", counted)
-    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
-    model.train()
-    torch.nn.functional.cross_entropy(model(x), y).backward()
-    assert not calls
-    with torch.no_grad():
-        model.eval()(x)
-    assert calls
+    return calls
 
 
-def test_a_machine_that_cannot_compile_gets_the_fix(monkeypatch) -> None:
+@contextmanager
+def _no_compiler(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A machine whose C++ compiler is missing: every new compile fails."""
     import torch._dynamo
     import torch._inductor.config as inductor_config
 
@@ -130,28 +124,39 @@ def test_a_machine_that_cannot_compile_gets_the_fix(monkeypatch) -> None:
                                    "force_disable_caches": True})
     try:
         with patch:
-            net = dense_net(neuron=Neuron("LIF", v_th=0.61, leak=0.93), T=5)
-            circuit, _ = circuit_from_network(net, torch.rand(3, 6, dtype=torch.float64))
-            with pytest.raises(fused.FusedStepError, match=r"train\.fused_step: false"):
-                simulate_circuit(circuit, 5, batch=3, fused=True)
+            yield
     finally:
         torch._dynamo.reset()
+
+
+def test_dsr_training_does_not_compile_a_step_per_threshold(monkeypatch) -> None:
+    """DSR changes its thresholds every step: its training simulates eagerly, evaluation fuses."""
+    cfg = load_config(None, ["model=f400", "method.name=dsr", "train.fused_step=true",
+                             "T=5", "train.cuda_graphs=false"])
+    model = model_from_config(cfg, num_classes=10)
+    assert model.fused_step
+    calls = _count_fused_calls(monkeypatch)
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    model.train()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    assert not calls
+    with torch.no_grad():
+        model.eval()(x)
+    assert calls
+
+
+def test_a_machine_that_cannot_compile_gets_the_fix(monkeypatch) -> None:
+    with _no_compiler(monkeypatch):
+        net = dense_net(neuron=Neuron("LIF", v_th=0.61, leak=0.93), T=5)
+        circuit, _ = circuit_from_network(net, torch.rand(3, 6, dtype=torch.float64))
+        with pytest.raises(fused.FusedStepError, match=r"train\.fused_step: false"):
+            simulate_circuit(circuit, 5, batch=3, fused=True)
 
 
 def test_auto_fuses_on_gpus_only_and_falls_back_where_it_cannot_compile(monkeypatch) -> None:
     """``train.fused_step: auto`` (the default): CUDA devices fuse, a CPU does not; a device
     whose compile fails warns once and goes on unfused with the same rates."""
-    import torch._dynamo
-    import torch._inductor.config as inductor_config
-
-    calls: list[int] = []
-    real = fused.neuron_step
-
-    def counted(*args: object, **kw: object) -> torch.Tensor:
-        calls.append(1)
-        return real(*args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr("fsnn.platform.engine.fused_neuron_step", counted)
+    calls = _count_fused_calls(monkeypatch)
     cfg = load_config(None, ["model=f400", "T=5", "train.cuda_graphs=false"])
     assert cfg.train.fused_step == "auto"
     model = model_from_config(cfg, num_classes=10).eval()
@@ -161,15 +166,9 @@ def test_auto_fuses_on_gpus_only_and_falls_back_where_it_cannot_compile(monkeypa
     assert not calls and model.fused_step == "auto"  # a CPU: unfused
 
     monkeypatch.setattr("fsnn.platform.model.AUTO_FUSED_DEVICES", ("cpu",))
-    monkeypatch.setattr(fused, "_kernels", {})
-    torch._dynamo.reset()
-    patch = inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",),
-                                   "force_disable_caches": True})
-    try:
-        with patch, torch.no_grad(), pytest.warns(RuntimeWarning, match="unfused step"):
-            again = model(x)
-    finally:
-        torch._dynamo.reset()
+    with _no_compiler(monkeypatch), torch.no_grad(), \
+            pytest.warns(RuntimeWarning, match="unfused step"):
+        again = model(x)
     assert calls and model.fused_step is False
     assert torch.equal(again, plain)
     with torch.no_grad():
