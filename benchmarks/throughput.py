@@ -143,7 +143,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--neuron", default="LIF")
     ap.add_argument("--variants", default="eager+br,eager,graphs,graphs+bf16",
-                    help=f"comma-separated; each joins parts with +: {', '.join(PARTS)}, m<N>")
+                    help=f"comma-separated; each joins parts with +: {', '.join(PARTS)}, "
+                    + ", ".join(f"{k}<N>" for k in NUMBERED))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="benchmarks/results/throughput.json")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)

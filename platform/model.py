@@ -50,7 +50,7 @@ def _pop(i: int) -> str:
     return f"h{i}"
 
 
-INPUT_MASK = "in"  # the input projection's name (its dropout mask's key)
+INPUT_PROJECTION = "in"  # the input projection's name, also its dropout mask's key
 
 
 def _ring_name(i: int, n: int) -> str:
@@ -156,14 +156,14 @@ class FeedbackSNN(nn.Module):
         if input_current is not None:
             add(_pop(0), input_current)
         else:
-            w, b = self.input_layer.folded()
-            if INPUT_MASK in masks:
-                w = w * self.input_layer.dropout_scale
             inp = self.input_layer
-            projections.append(Projection(INPUT_MASK, INPUT, _pop(0), inp.kind, w, None,
+            w, b = inp.folded()
+            if INPUT_PROJECTION in masks:
+                w = w * inp.dropout_scale
+            projections.append(Projection(INPUT_PROJECTION, INPUT, _pop(0), inp.kind, w, None,
                                           inp.stride, inp.padding, inp.output_padding))
             if b is not None:
-                add(_pop(0), self.input_layer._channel(b))
+                add(_pop(0), inp._channel(b))
         n = len(self.ring)
         for i, layer in enumerate(self.ring):
             src, dst = self._ring_ends(i)
@@ -217,7 +217,7 @@ class FeedbackSNN(nn.Module):
         input_rate = spikes[:T].mean(0)
         self.input_layer.update_bn(input_rate)
         if m is not None:
-            masks[INPUT_MASK] = m
+            masks[INPUT_PROJECTION] = m
         return self.circuit(None, masks), spikes, input_rate
 
     def rate_maps(self, circuit: Circuit, input_rate: torch.Tensor | None) -> tuple[
@@ -334,7 +334,7 @@ class FeedbackSNN(nn.Module):
     def to_network(self, *, T: int | None = None, metadata: dict | None = None) -> Network:
         """The spec of this model (eval semantics: batch norm folded with running statistics)."""
         self.method.refresh()  # e.g. thresholds back within their bounds after an optimiser step
-        projections = [self.input_layer.export(INPUT_MASK, INPUT, _pop(0), feedback=False)]
+        projections = [self.input_layer.export(INPUT_PROJECTION, INPUT, _pop(0), feedback=False)]
         n = len(self.ring)
         for i, layer in enumerate(self.ring):
             src, dst = self._ring_ends(i)
