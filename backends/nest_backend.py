@@ -57,6 +57,11 @@ readout come from the new spec at the next run. Anything else is built anew. The
 are taken at the first update, not in the build: PyNEST reads them as one dict per synapse (1.1 s
 for F400's 160 k, 16x its build). Setting is also a dict per synapse: ~1 us each, 0.16 s for F400.
 
+**Self-test**: whether NEST's models update as this mapping assumes depends on the installed
+NEST (``eprop_iaf``'s update order has changed between versions), so :meth:`NestBackend.probe`,
+and a process's first build, run :mod:`fsnn.backends.nest_selftest` once: tiny specs through
+this backend, spike steps compared with the torch engine's; a NEST that disagrees is refused.
+
 NEST holds one network per process: building a second :class:`NestBackend` in the same process
 invalidates the first. Run several in parallel as separate processes (e.g. Ray tasks). Parity
 is exact with one thread (``threads=1``, the default); with more threads the order in which a
@@ -242,8 +247,21 @@ class NestBackend:
         self.synapse_count = 0
 
     def probe(self) -> None:
-        """Raise BackendError (saying how to install them) unless PyNN and NEST import."""
-        load_simulator()
+        """Raise BackendError unless PyNN and NEST import (else saying how to install them)
+        and NEST reproduces the semantics this backend relies on.
+
+        The check is :mod:`fsnn.backends.nest_selftest`: two tiny specs (IF and LIF with reset
+        by subtraction on ``eprop_iaf``, reset to a value on ``iaf_psc_delta``, delays 1 and 2,
+        constant currents through the clock neuron, input spike trains, the per-sample reset)
+        built and run through this backend, their spike steps compared with the torch engine's.
+        It runs once per process (well under a second), before any network is built; the
+        error names the NEST version, the model, the expected and the produced spike steps.
+        SpiNNaker has no such self-test: sPyNNaker's virtual board maps a network but simulates
+        nothing (its recordings come back empty), so only a real board could be checked.
+        """
+        from fsnn.backends.nest_selftest import ensure_selftest
+
+        ensure_selftest()
 
     def check(self, net: Network) -> None:
         """Refuse a spec NEST cannot express (BackendError naming the population); no NEST."""
@@ -251,10 +269,16 @@ class NestBackend:
         net.validate()
 
     def build(self, net: Network) -> None:
-        """Check that NEST can express ``net`` (BackendError naming the population), then build."""
+        """Check that NEST can express ``net`` (BackendError naming the population), then build.
+
+        A process's first build runs the self-test of :meth:`probe` first (a deployment need
+        not probe); a NEST that fails it builds nothing in that process."""
         plans = plan_network(net)
         net.validate()
         sim, nest = load_simulator()
+        from fsnn.backends.nest_selftest import ensure_selftest
+
+        ensure_selftest()  # once per process, before the first build replaces the kernel
         start = time.perf_counter()
         with nest_openmp(nest):
             self.close()
@@ -346,11 +370,39 @@ class NestBackend:
     def run(self, x: torch.Tensor) -> BatchResult:
         """Run a batch: ``[B, *input.shape]`` (analog) or ``[B, T', *input.shape]`` (spikes,
         ``T' >= T``, non-negative integer counts per step)."""
+        start = time.perf_counter()
+        k, x, chunks = self._simulate(x)
+        net, spikes = k.net, k.net.input.kind == "spikes"
+        parts = [_collect(k, chunk, n) for n, chunk in chunks]
+        counts = {p.name: torch.cat([c[p.name] for c, _ in parts]) for p in k.populations}
+        rates = {p.name: torch.cat([r[p.name] for _, r in parts]) for p in k.populations}
+        logits = readout(net, rates)
+        events = synaptic_events(net, counts, x.sum(1) if spikes else None)
+        return BatchResult(counts=counts, rates=rates, logits=logits, synaptic_events=events,
+                           wall_time=time.perf_counter() - start)
+
+    def spike_trains(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run a batch (as :meth:`run`) and return every neuron's spikes per step: for each
+        population ``[T, B, *shape]``, the layout of the torch engine's ``record_trains``."""
+        k, _, chunks = self._simulate(x)
+        T = k.net.T
+        trains: list[dict[str, torch.Tensor]] = []
+        for n, ev in chunks:
+            per_pop: dict[str, torch.Tensor] = {}
+            for i, p in enumerate(k.populations):
+                m = ev.population == i
+                flat = ((ev.step[m] - 1) * n + ev.sample[m]) * p.ids.size + ev.index[m]
+                dense = np.bincount(flat, minlength=T * n * p.ids.size).astype(np.float64)
+                per_pop[p.name] = torch.from_numpy(dense).view(T, n, *p.shape)
+            trains.append(per_pop)
+        return {p.name: torch.cat([t[p.name] for t in trains], dim=1) for p in k.populations}
+
+    def _simulate(self, x: torch.Tensor) -> tuple[_Kernel, torch.Tensor, list[tuple[int, _Spikes]]]:
+        """Check ``x``, run it in chunks; the kernel, ``x`` as run and each chunk's spikes."""
         k = self._kernel
         if k is None:
             raise BackendError("build() a spec before run() (or another NestBackend in this "
                                "process rebuilt the NEST kernel)")
-        start = time.perf_counter()
         net, T = k.net, k.net.T
         x = x.detach().to("cpu", torch.float64)
         spikes = net.input.kind == "spikes"
@@ -370,19 +422,14 @@ class NestBackend:
                  for p in k.populations if p.clock is not None}
         n_in = math.prod(net.input.shape) if spikes else 0
         step = max(1, CHUNK_SPIKES // max(1, n_in * T))
-        parts = []
+        chunks: list[tuple[int, _Spikes]] = []
         with nest_openmp(k.nest):
             for lo in range(0, batch, step):
                 hi = min(batch, lo + step)
-                parts.append(_run_chunk(k, {n: c if c.shape[0] == 1 else c[lo:hi]
-                                            for n, c in const.items()},
-                                        x[lo:hi] if spikes else None, hi - lo))
-        counts = {p.name: torch.cat([c[p.name] for c, _ in parts]) for p in k.populations}
-        rates = {p.name: torch.cat([r[p.name] for _, r in parts]) for p in k.populations}
-        logits = readout(net, rates)
-        events = synaptic_events(net, counts, x.sum(1) if spikes else None)
-        return BatchResult(counts=counts, rates=rates, logits=logits, synaptic_events=events,
-                           wall_time=time.perf_counter() - start)
+                chunks.append((hi - lo, _run_chunk(k, {n: c if c.shape[0] == 1 else c[lo:hi]
+                                                       for n, c in const.items()},
+                                                   x[lo:hi] if spikes else None, hi - lo)))
+        return k, x, chunks
 
     def close(self) -> None:
         """Release the NEST kernel (and its memory) if this backend holds it."""
@@ -469,8 +516,18 @@ def _set_clock(p: _Population, values: np.ndarray) -> None:
     p.clock.set(weight=values[p.clock_order])
 
 
+@dataclass(frozen=True)
+class _Spikes:
+    """The spikes of one run chunk, one entry per spike (read from the recorder)."""
+
+    sample: np.ndarray  # int64, sample within the chunk
+    step: np.ndarray  # int64, our step 1..T
+    population: np.ndarray  # int64, position in the kernel's populations
+    index: np.ndarray  # int64, flat neuron index within its population
+
+
 def _run_chunk(k: _Kernel, const: dict[str, np.ndarray], x: torch.Tensor | None, batch: int
-               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+               ) -> _Spikes:
     """Set the generators for ``batch`` samples, run them, read their spikes."""
     tl = Timeline.plan(float(k.nest.biological_time), batch, k.net.T, k.max_delay)
     k.control.set(tl.control_times())
@@ -495,12 +552,11 @@ def _run_chunk(k: _Kernel, const: dict[str, np.ndarray], x: torch.Tensor | None,
     k.nest.Simulate(tl.end - now)
     if float(k.nest.biological_time) != tl.end:
         raise BackendError(f"NEST clock at {k.nest.biological_time} ms, expected {tl.end} ms")
-    return _collect(k, tl, batch)
+    return _read_spikes(k, tl)
 
 
-def _collect(k: _Kernel, tl: Timeline, batch: int
-             ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Counts and leak-weighted rates per population from the recorder (then cleared)."""
+def _read_spikes(k: _Kernel, tl: Timeline) -> _Spikes:
+    """Every spike in the recorder as (sample, step, population, neuron); then clears it."""
     ev = k.recorder.get("events")
     k.recorder.n_events = 0
     senders = np.asarray(ev["senders"], dtype=np.int64)
@@ -511,18 +567,23 @@ def _collect(k: _Kernel, tl: Timeline, batch: int
         raise BackendError("NEST produced spikes outside the sample windows: the clamp between "
                            "samples did not hold (membrane potentials near the -2**64 floor?)")
     pos = np.searchsorted(k.gid_sorted, senders)
-    pop_of, index = k.gid_pop[pos], k.gid_index[pos]
+    return _Spikes(sample, step, k.gid_pop[pos], k.gid_index[pos])
+
+
+def _collect(k: _Kernel, spikes: _Spikes, batch: int
+             ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Counts and leak-weighted rates per population of one chunk's spikes."""
     counts: dict[str, torch.Tensor] = {}
     rates: dict[str, torch.Tensor] = {}
+    T = k.net.T
     for i, p in enumerate(k.populations):
-        m = pop_of == i
-        flat = sample[m] * p.ids.size + index[m]
+        m = spikes.population == i
+        flat = spikes.sample[m] * p.ids.size + spikes.index[m]
         size = batch * p.ids.size
         c = np.bincount(flat, minlength=size).astype(np.float64)
-        acc = c if p.leak == 1.0 else _leaky_sum(flat, step[m], size, p.leak, tl.T)
+        acc = c if p.leak == 1.0 else _leaky_sum(flat, spikes.step[m], size, p.leak, T)
         counts[p.name] = torch.from_numpy(c).view(batch, *p.shape)
-        rates[p.name] = torch.from_numpy(acc / rate_normaliser(p.leak, tl.T)).view(batch,
-                                                                                    *p.shape)
+        rates[p.name] = torch.from_numpy(acc / rate_normaliser(p.leak, T)).view(batch, *p.shape)
     return counts, rates
 
 

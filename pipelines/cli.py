@@ -41,6 +41,23 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fsnn.platform.data import DataError, verify_dataset
+
+    try:
+        report = verify_dataset(args.name, Path(args.dir) if args.dir else None)
+    except DataError as exc:
+        raise CLIError(str(exc)) from None
+    for line in report.lines():
+        print(line)
+    note = report.stamp_note()
+    if note is not None:
+        print(f"fsnn: {note}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
 def _add_common_train(p: argparse.ArgumentParser, *, config_optional: bool = False) -> None:
     if config_optional:
         p.add_argument("config", nargs="?", default=None,
@@ -91,32 +108,37 @@ def _load(args: argparse.Namespace, base: dict | None = None) -> Config:
         raise CLIError(str(exc)) from None
 
 
-def _init_config(args: argparse.Namespace) -> dict | None:
-    """The config document saved with ``--init``'s checkpoint (used when no CONFIG is given)."""
+def _saved_config(args: argparse.Namespace) -> dict | None:
+    """Without CONFIG: the config document saved with the checkpoint of ``--resume`` (the run
+    continued) or ``--init`` (the run fine-tuned)."""
     if args.config is not None:
         return None
-    if not args.init:
-        raise CLIError("give a CONFIG file, or --init RUN_ID to fine-tune a trained run with "
-                       "the config it was trained with")
+    flag, ref = ("--resume", args.resume) if args.resume else ("--init", args.init)
+    if not ref:
+        raise CLIError("give a CONFIG file, --resume RUN_ID to continue a run, or --init RUN_ID "
+                       "to fine-tune a trained run with the config it was trained with")
     from fsnn.pipelines.tracking import TrackingError, resolve_tracking_uri
     from fsnn.pipelines.train import locate_checkpoint
     from fsnn.platform.checkpoint import CheckpointError
 
     try:
-        _, _, meta = locate_checkpoint(args.init, resolve_tracking_uri(args.tracking_uri),
-                                       "--init")
+        _, _, meta = locate_checkpoint(ref, resolve_tracking_uri(args.tracking_uri), flag)
     except (CheckpointError, TrackingError) as exc:
         raise CLIError(str(exc)) from None
     doc = meta.get("config")
     if not isinstance(doc, dict) or not doc:
-        raise CLIError(f"--init {args.init}: its checkpoint holds no config; pass a CONFIG")
+        raise CLIError(f"{flag} {ref}: its checkpoint holds no config; pass a CONFIG")
     return doc
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    cfg = _load(args, _init_config(args))
+    if args.init and args.resume:
+        raise CLIError("--init starts a new run from trained weights, --resume continues a run; "
+                       "give one of them")
+    cfg = _load(args, _saved_config(args))
     from fsnn.backends.base import BackendError
     from fsnn.pipelines.raycluster import RayConnectError
+    from fsnn.pipelines.storage import StorageError
     from fsnn.pipelines.tracking import TrackingError
     from fsnn.pipelines.train import TrainOptions, run_train
     from fsnn.platform.checkpoint import CheckpointError
@@ -125,13 +147,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     opts = TrainOptions(address=args.address, tracking_uri=args.tracking_uri,
                         storage=args.storage, resume=args.resume, config_path=args.config,
                         init=args.init)
-    if args.init and args.resume:
-        raise CLIError("--init starts a new run from trained weights, --resume continues a run; "
-                       "give one of them")
     try:
         out = run_train(cfg, opts)
     except (RayConnectError, TrackingError, CheckpointError, DataError, BackendError,
-            RuntimeError) as exc:
+            StorageError, RuntimeError) as exc:
         raise CLIError(str(exc)) from None
     m = out.metrics
     print(f"[fsnn] run {out.run_id}: test accuracy {m.get('test_accuracy', float('nan')):.4f} "
@@ -175,15 +194,12 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 def _backend_options(items: list[str]) -> dict[str, object]:
     """``--option KEY=VALUE`` (repeatable) as constructor options; values parsed as YAML."""
-    import yaml
+    from fsnn.backends.base import BackendError, parse_options
 
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise CLIError(f"--option {item!r}: expected KEY=VALUE, e.g. --option quantize=false")
-        out[key.strip()] = yaml.safe_load(value) if value else ""
-    return out
+    try:
+        return parse_options(items)
+    except BackendError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
@@ -192,6 +208,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     from fsnn.pipelines.deploy import DeployError
     from fsnn.pipelines.pipeline import run_pipeline
     from fsnn.pipelines.raycluster import RayConnectError
+    from fsnn.pipelines.storage import StorageError
     from fsnn.pipelines.tracking import TrackingError
     from fsnn.platform.checkpoint import CheckpointError
     from fsnn.platform.data import DataError
@@ -200,7 +217,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         res = run_pipeline(cfg, config_path=args.config, force=args.force, address=args.address,
                            tracking_uri=args.tracking_uri, storage=args.storage)
     except (BackendError, DeployError, RayConnectError, TrackingError, CheckpointError,
-            DataError, RuntimeError) as exc:
+            DataError, StorageError, RuntimeError) as exc:
         raise CLIError(str(exc)) from None
     from fsnn.pipelines.tracking import resolve_tracking_uri
 
@@ -223,8 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model with Ray Train (IDE by default)")
     _add_common_train(p, config_optional=True)
-    p.add_argument("--resume", default=None, metavar="PATH|RUN_ID",
-                   help="continue from a checkpoint directory or an MLflow run's last checkpoint")
+    p.add_argument("--resume", default=None, metavar="RUN_ID|PATH",
+                   help="continue an interrupted or failed run (in the same MLflow run) from "
+                        "its last checkpoint, or from a checkpoint directory; without CONFIG "
+                        "the run's own config is used")
     p.add_argument("--init", default=None, metavar="RUN_ID|PATH",
                    help="fine-tune: start a new run from a trained run's weights (fresh "
                         "optimiser and schedule)")
@@ -281,19 +300,31 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--dir", default=None, help="cache directory (default: $FSNN_DATA or "
                                                "~/.cache/fsnn/data)")
     f.set_defaults(func=_cmd_data)
+    v = dsub.add_parser("verify", help="re-hash every file of a cached data set (mnist, "
+                                       "fashion-mnist) and refresh its stamp")
+    v.add_argument("name", help="mnist | fashion-mnist")
+    v.add_argument("--dir", default=None, help="cache directory (default: $FSNN_DATA or "
+                                               "~/.cache/fsnn/data)")
+    v.set_defaults(func=_cmd_data_verify)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from fsnn.pipelines.run_status import Interrupted, interrupt_code, terminate_as_interrupt
+
     args = build_parser().parse_args(argv)
+    terminate_as_interrupt()
     try:
         return int(args.func(args))
     except CLIError as exc:
         print(f"fsnn {args.command}: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"fsnn {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except Interrupted as exc:
+        print(f"fsnn {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt as exc:
+        print(f"fsnn {args.command}: interrupted before any run was created", file=sys.stderr)
+        return interrupt_code(exc)
 
 
 if __name__ == "__main__":

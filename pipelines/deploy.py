@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fsnn.backends.base import BackendError, BatchResult, get_backend
+from fsnn.backends.base import BackendError, BatchResult, check_backend_options, get_backend
 from fsnn.platform.spec import Network, SpecError, load_spec
 
 
@@ -202,6 +202,7 @@ def run_deploy(source: str, backend: str, *, samples: int = 500, workers: int = 
                options: dict[str, Any] | None = None) -> DeployReport:
     from fsnn.pipelines.tracking import check_tracking_uri, resolve_tracking_uri
 
+    check_backend_options(backend, options or {})
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
     with tempfile.TemporaryDirectory() as d:
@@ -259,12 +260,16 @@ def _log(uri: str, net: Network, backend: str, metrics: dict[str, float], train_
     c = client(uri)
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
-    c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-    with tempfile.TemporaryDirectory() as d:
-        c.log_artifact(run_id, str(plot_energy(metrics, backend, Path(d) / "energy.png")),
-                       "plots")
-    c.set_terminated(run_id, "FINISHED")
+    from fsnn.pipelines.run_status import closing_run
+
+    with closing_run(c, run_id, what=f"deploy run {run_id}",
+                     kept=lambda: "the evaluation's results were not all logged; deploy again"):
+        now = int(time.time() * 1000)
+        c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        with tempfile.TemporaryDirectory() as d:
+            c.log_artifact(run_id, str(plot_energy(metrics, backend, Path(d) / "energy.png")),
+                           "plots")
+        c.set_terminated(run_id, "FINISHED")
     return run_id
 
 

@@ -37,6 +37,7 @@ readout               ``Affine`` from the readout population to ``Output`` (it m
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -229,11 +230,46 @@ def compare_graphs(a: Any, b: Any) -> list[str]:
     return problems
 
 
+def _writable_dir(what: str, folder: Path) -> Path:
+    """The nearest existing folder at or above ``folder`` (where ``what`` is to be written), if
+    a file can be created in it."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ExportError(f"{what}: {folder} is a file, not a folder; give a path in a "
+                          "writable folder, e.g. --out model.nir")
+    try:  # a real probe: permission bits lie to root, read-only and virtual file systems too
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ExportError(f"{what}: cannot write in {folder} ({exc.strerror or exc}); "
+                          "give a path in a writable folder, e.g. --out model.nir") from None
+    return folder
+
+
+def check_out_path(out: str | Path) -> Path:
+    """Refuse (ExportError, one line) an output path that is a folder or cannot be written."""
+    path = Path(out)
+    if path.is_dir():
+        raise ExportError(f"--out {path}: is a folder; give a file name, e.g. "
+                          f"--out {path / 'model.nir'}")
+    _writable_dir(f"--out {path}", path.parent)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ExportError(f"--out {path}: the file is read-only; give another path or make it "
+                          "writable")
+    return path
+
+
 def run_export(source: str, fmt: str = "nir", out: str | None = None,
                tracking_uri: str | None = None) -> Path:
-    """Export a spec directory or an MLflow run's spec; returns the written file."""
+    """Export a spec directory or an MLflow run's spec; returns the written file. The output
+    path is checked before anything is loaded."""
     if fmt != "nir":
         raise ExportError(f"unknown export format {fmt!r}; known: nir")
+    if out is not None:
+        check_out_path(out)
+    else:
+        _writable_dir("the default --out (SOURCE.nir, here)", Path.cwd())
     from fsnn.platform.spec import SpecError, load_spec
 
     try:
@@ -250,7 +286,7 @@ def run_export(source: str, fmt: str = "nir", out: str | None = None,
         raise ExportError(str(exc)) from None
     if out is None:
         stem = Path(source).name if Path(source).exists() else (run_id or source)
-        out = f"{stem}.nir"
+        out = str(check_out_path(f"{stem}.nir"))
     return export_nir(net, out)
 
 

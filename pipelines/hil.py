@@ -57,8 +57,10 @@ def preflight(cfg: Config, net: Network) -> None:
         where = "forward" if name == cfg.forward else "target_eval.backends"
         try:
             backend = get_backend(name, **backend_options(cfg, name))
-        except TypeError as exc:
-            raise BackendError(f"backend_options.{name}: {exc}") from None
+        except (TypeError, BackendError) as exc:
+            text = str(exc).removeprefix(f"backend {name}: ").replace(
+                " (from --option or the config's backend_options)", "")
+            raise BackendError(f"backend_options.{name}: {text}") from None
         try:
             backend.check(net)
             probe = getattr(backend, "probe", None)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fsnn.pipelines.run_status import closing_run
 from fsnn.pipelines.tracking import (
     check_tracking_uri,
     client,
@@ -67,6 +68,25 @@ def _finished(c: Any, filter_string: str) -> Any | None:
     return runs[0] if runs else None
 
 
+def _interrupted(c: Any, key: str) -> str | None:
+    """The newest training run of this config that was interrupted or failed and left a
+    checkpoint to resume from."""
+    from fsnn.pipelines.train import checkpoints_in
+
+    exp = c.get_experiment_by_name("fsnn")
+    if exp is None:
+        return None
+    runs = c.search_runs([exp.experiment_id], f"tags.`fsnn.kind` = 'train' and "
+                         f"tags.`fsnn.config_hash` = '{key}'",
+                         order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs or runs[0].info.status not in ("KILLED", "FAILED"):
+        return None
+    run_dir = runs[0].data.tags.get("fsnn.run_dir", "")
+    if "://" in run_dir or not run_dir or not checkpoints_in(Path(run_dir)):
+        return None
+    return str(runs[0].info.run_id)
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     headers = ["backend", *(h for h, _, _ in COLUMNS)]
     cells = []
@@ -88,10 +108,12 @@ def run_pipeline(cfg: Config, *, config_path: str | None = None, force: bool = F
                  storage: str | None = None) -> PipelineResult:
     from fsnn.backends.base import get_backend
     from fsnn.pipelines.deploy import run_deploy
+    from fsnn.pipelines.storage import check_storage, resolve_storage
     from fsnn.pipelines.train import TrainOptions, run_train
 
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
+    check_storage(resolve_storage(storage))
     for b in cfg.deploy.backends:  # an unknown or uninstallable backend fails before training
         get_backend(b)
     key = config_hash(cfg)
@@ -99,47 +121,54 @@ def run_pipeline(cfg: Config, *, config_path: str | None = None, force: bool = F
                               params=cfg.model_dump(mode="json"),
                               tags={"fsnn.kind": "pipeline", "fsnn.config_hash": key})
     c = client(uri)
-    reused: list[str] = []
-    prev = None if force else _finished(
-        c, f"tags.`fsnn.kind` = 'train' and tags.`fsnn.config_hash` = '{key}'")
-    if prev is not None and "spec" in {a.path for a in c.list_artifacts(prev.info.run_id)}:
-        train_run = prev.info.run_id
-        reused.append("train")
-        print(f"[fsnn] reusing training run {train_run} (same config; --force retrains)")
-    else:
-        out = run_train(cfg, TrainOptions(address=address, tracking_uri=uri, storage=storage,
-                                          config_path=config_path,
-                                          tags={"fsnn.config_hash": key,
-                                                "fsnn.pipeline_run_id": pipeline_run},
-                                          parent_run_id=pipeline_run))
-        train_run = out.run_id
-    rows: list[dict[str, Any]] = []
-    deploy_runs: dict[str, str] = {}
-    for backend in cfg.deploy.backends:
-        done = None if force else _finished(
-            c, f"tags.`fsnn.kind` = 'deploy' and tags.`fsnn.train_run_id` = '{train_run}' "
-               f"and tags.`fsnn.backend` = '{backend}' "
-               f"and params.samples = '{cfg.deploy.samples}'")
-        if done is not None:
-            reused.append(f"deploy:{backend}")
-            run_id, metrics = done.info.run_id, dict(done.data.metrics)
-            print(f"[fsnn] reusing {backend} deploy run {run_id}")
+    with closing_run(c, pipeline_run, what=f"pipeline run {pipeline_run}",
+                     kept=lambda: "the next `fsnn pipeline` of the same config reuses the "
+                                  "finished steps and resumes an interrupted training"):
+        reused: list[str] = []
+        prev = None if force else _finished(
+            c, f"tags.`fsnn.kind` = 'train' and tags.`fsnn.config_hash` = '{key}'")
+        if prev is not None and "spec" in {a.path for a in c.list_artifacts(prev.info.run_id)}:
+            train_run = prev.info.run_id
+            reused.append("train")
+            print(f"[fsnn] reusing training run {train_run} (same config; --force retrains)")
         else:
-            rep = run_deploy(train_run, backend, samples=cfg.deploy.samples,
-                             workers=cfg.deploy.workers, tracking_uri=uri, address=address,
-                             dataset=cfg.data.name,
-                             options=dict(cfg.backend_options.get(backend, {})))
-            assert rep.run_id is not None
-            run_id, metrics = rep.run_id, rep.metrics
-        set_tags(c, run_id, {"fsnn.pipeline_run_id": pipeline_run})
-        deploy_runs[backend] = run_id
-        rows.append({"backend": backend, "run_id": run_id, **metrics})
-    table = format_table(rows)
-    set_tags(c, pipeline_run, {"fsnn.train_run_id": train_run,
-                               **{f"fsnn.deploy_run.{b}": r for b, r in deploy_runs.items()}})
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "comparison.md").write_text(table + "\n")
-        (Path(d) / "comparison.json").write_text(json.dumps(rows, indent=2) + "\n")
-        c.log_artifacts(pipeline_run, d)
-    c.set_terminated(pipeline_run, "FINISHED")
+            resume = None if force else _interrupted(c, key)
+            if resume is not None:
+                print(f"[fsnn] resuming the interrupted training run {resume} (same config; "
+                      f"--force starts afresh)")
+            out = run_train(cfg, TrainOptions(address=address, tracking_uri=uri, storage=storage,
+                                              config_path=config_path, resume=resume,
+                                              tags={"fsnn.config_hash": key,
+                                                    "fsnn.pipeline_run_id": pipeline_run},
+                                              parent_run_id=pipeline_run))
+            train_run = out.run_id
+        rows: list[dict[str, Any]] = []
+        deploy_runs: dict[str, str] = {}
+        for backend in cfg.deploy.backends:
+            done = None if force else _finished(
+                c, f"tags.`fsnn.kind` = 'deploy' and tags.`fsnn.train_run_id` = '{train_run}' "
+                   f"and tags.`fsnn.backend` = '{backend}' "
+                   f"and params.samples = '{cfg.deploy.samples}'")
+            if done is not None:
+                reused.append(f"deploy:{backend}")
+                run_id, metrics = done.info.run_id, dict(done.data.metrics)
+                print(f"[fsnn] reusing {backend} deploy run {run_id}")
+            else:
+                rep = run_deploy(train_run, backend, samples=cfg.deploy.samples,
+                                 workers=cfg.deploy.workers, tracking_uri=uri, address=address,
+                                 dataset=cfg.data.name,
+                                 options=dict(cfg.backend_options.get(backend, {})))
+                assert rep.run_id is not None
+                run_id, metrics = rep.run_id, rep.metrics
+            set_tags(c, run_id, {"fsnn.pipeline_run_id": pipeline_run})
+            deploy_runs[backend] = run_id
+            rows.append({"backend": backend, "run_id": run_id, **metrics})
+        table = format_table(rows)
+        set_tags(c, pipeline_run, {"fsnn.train_run_id": train_run,
+                                   **{f"fsnn.deploy_run.{b}": r for b, r in deploy_runs.items()}})
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "comparison.md").write_text(table + "\n")
+            (Path(d) / "comparison.json").write_text(json.dumps(rows, indent=2) + "\n")
+            c.log_artifacts(pipeline_run, d)
+        c.set_terminated(pipeline_run, "FINISHED")
     return PipelineResult(pipeline_run, train_run, deploy_runs, rows, reused, table)

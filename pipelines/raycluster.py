@@ -11,14 +11,69 @@ class RayConnectError(RuntimeError):
     """Ray cannot be started or reached, or lacks the resources asked for."""
 
 
-def _probe(host: str, port: int, timeout: float) -> None:
+ANSWER_TIMEOUT_S = 10.0
+# HTTP/2's client connection preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, the
+# Ray Client server) answers with a SETTINGS frame of its own
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_SETTINGS = 4
+
+
+def _probe(host: str, port: int, timeout: float, answer_timeout: float = ANSWER_TIMEOUT_S
+           ) -> None:
+    """Fail unless ``host:port`` accepts a connection within ``timeout`` seconds and answers as
+    a gRPC server (which Ray's GCS and Ray Client are) within ``answer_timeout`` seconds: an SSH
+    tunnel to something else, the dashboard's HTTP port or a silent service would otherwise
+    make ``ray.init`` wait without end."""
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return
+        sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         raise RayConnectError(f"Ray cluster at {host}:{port} is unreachable ({exc}); check the "
                               f"address (the head's `ray start --head --port` value) or omit "
                               f"--address to start a local Ray") from None
+    with sock:
+        sock.settimeout(answer_timeout)
+        try:
+            sock.sendall(_H2_PREFACE)
+            head = _read(sock, 9)
+        except TimeoutError:
+            raise RayConnectError(
+                f"{host}:{port} accepted a connection but did not answer as Ray within "
+                f"{answer_timeout:g} s (nothing came back); give the Ray head's GCS port "
+                f"(`ray start --head --port`, default 6379) or a ray:// Ray Client address"
+                ) from None
+        except OSError as exc:
+            head = b""
+            if not isinstance(exc, ConnectionResetError):
+                raise RayConnectError(f"{host}:{port}: the connection failed while asking "
+                                      f"for Ray ({exc})") from None
+    if len(head) == 9 and head[3] == _SETTINGS:
+        return
+    raise RayConnectError(f"{host}:{port} answered, but not as Ray ({_describe(head)}); give "
+                          f"the Ray head's GCS port (`ray start --head --port`, default 6379) "
+                          f"or a ray:// Ray Client address (port 10001), not the dashboard's "
+                          f"(8265)")
+
+
+def _read(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _describe(head: bytes) -> str:
+    if not head:
+        return "it closed the connection"
+    if head.startswith(b"HTTP/"):
+        return "an HTTP/1 server answered"
+    if head.startswith(b"SSH-"):
+        return "an SSH server answered"
+    text = head.decode("ascii", "replace")
+    shown = text if text.isprintable() else head.hex()
+    return f"it answered {shown!r}"
 
 
 def connect(address: str | None, *, num_cpus: int | None = None, timeout: float = 5.0,

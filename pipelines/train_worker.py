@@ -6,6 +6,7 @@ Ray Train, and rank 0 attaches a checkpoint every ``train.checkpoint_every`` epo
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -20,10 +21,16 @@ from fsnn.platform.checkpoint import (
     CheckpointError,
     TrainingState,
     load_checkpoint,
+    read_meta,
     save_checkpoint,
 )
-from fsnn.platform.config import config_from_dict
+from fsnn.platform.config import ConfigError, config_from_dict
+from fsnn.platform.data import DataError
+from fsnn.platform.solvers import DivergenceError
 from fsnn.platform.trainer import evaluate, train_epoch
+
+# failures that a retry meets again: they end the run at once (see pipelines/ray_trainer.py)
+DETERMINISTIC = (ConfigError, DataError, CheckpointError, DivergenceError)
 
 
 def _gather(obj: Any, world: int) -> list[Any]:
@@ -36,18 +43,32 @@ def _gather(obj: Any, world: int) -> list[Any]:
     return out
 
 
-def latest_state(run_dir: str | None) -> TrainingState | None:
-    if not run_dir or "://" in run_dir or not Path(run_dir).is_dir():
-        return None
-    best: TrainingState | None = None
-    for d in Path(run_dir).glob("checkpoint_*"):
+def newest_state(candidates: list[str | Path]) -> TrainingState | None:
+    """The state of the newest complete checkpoint among ``candidates`` (checkpoint folders,
+    or run folders holding ``checkpoint_*``); unreadable ones are skipped, so a checkpoint
+    torn by a kill falls back to the one before it."""
+    found: list[tuple[int, Path]] = []
+    for c in candidates:
+        root = Path(c)
+        if "://" in str(c) or not root.is_dir():
+            continue
+        for d in [root, *root.glob("checkpoint_*")]:
+            try:
+                found.append((int(read_meta(d)["epoch"]), d))
+            except (CheckpointError, KeyError, TypeError, ValueError):
+                continue
+    for _, d in sorted(found, key=lambda e: e[0], reverse=True):
         try:
-            state = load_checkpoint(d)
+            return load_checkpoint(d)
         except CheckpointError:
             continue
-        if best is None or state.epoch > best.epoch:
-            best = state
-    return best
+    return None
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Each epoch's random stream (dropout masks) depends only on the seed and the epoch, so a
+    resumed run draws what an uninterrupted one would."""
+    return (seed * 1_000_003 + epoch) % (2**63)
 
 
 def _sync_buffers(model: torch.nn.Module, world: int) -> None:
@@ -77,6 +98,26 @@ def _progress(cfg: Any, epoch: int, batches: int) -> Callable[[int, torch.Tensor
 
 
 def train_loop(loop: dict[str, Any]) -> None:
+    """Ray Train's worker function; a deterministic failure ends the run without retries."""
+    from fsnn.pipelines.ray_trainer import FatalTrainingError
+
+    try:
+        _train(loop)
+    except DETERMINISTIC as exc:
+        what = "lower optim.lr or check the data" if isinstance(exc, DivergenceError) else ""
+        # the driver prints the reason in one line: no traceback from each worker
+        logging.getLogger(RAY_TRAIN_UTIL_LOGGER).addFilter(_drop_fatal_traceback)
+        raise FatalTrainingError(f"{exc}" + (f"; {what}" if what else "")) from None
+
+
+RAY_TRAIN_UTIL_LOGGER = "ray.train.v2._internal.util"  # logs a worker's error with traceback
+
+
+def _drop_fatal_traceback(record: logging.LogRecord) -> bool:
+    return "FatalTrainingError" not in record.getMessage()
+
+
+def _train(loop: dict[str, Any]) -> None:
     import ray
     import ray.train
     import ray.train.torch
@@ -92,15 +133,15 @@ def train_loop(loop: dict[str, Any]) -> None:
     model, optimizer, scheduler = setup.model, setup.optimizer, setup.scheduler
     train_loader, test_loader = setup.train_loader, setup.test_loader
     start, history = 0, []
+    # the newest of: Ray's checkpoint of this run (a restart), the run's own folder (a restart
+    # can race the controller's bookkeeping of the last report) and --resume's checkpoint
+    candidates = [p for p in (loop.get("run_dir"), loop.get("resume")) if p]
     checkpoint = ray.train.get_checkpoint()
-    state = None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = load_checkpoint(d)
+            state = newest_state([d, *candidates])
     else:
-        # a restart can race the controller's bookkeeping of the last report: fall back to the
-        # newest complete checkpoint this run wrote to its storage
-        state = latest_state(loop.get("run_dir"))
+        state = newest_state(candidates)
     if state is not None:
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
@@ -140,15 +181,20 @@ def train_loop(loop: dict[str, Any]) -> None:
     targets = None
     for epoch in range(start, cfg.train.epochs):
         train_loader.set_epoch(epoch)
+        torch.manual_seed(epoch_seed(cfg.train.seed, epoch))
         meter.start()
         retries = 0
         progress = _progress(cfg, epoch, len(train_loader)) if rank == 0 else None
-        if pool is not None and world == 1:  # a dead simulator worker: retry the epoch here
-            tr, retries = train_epoch_in_loop(model, train_loader, optimizer, scheduler, device,
-                                              pool, retries=cfg.hil.retries, on_batch=progress)
-        else:  # with several ranks a dead worker fails the rank: Ray Train restarts the group
-            tr = train_epoch(ddp, train_loader, optimizer, scheduler, device, ide_model=model,
-                             on_batch=progress)
+        try:
+            if pool is not None and world == 1:  # a dead simulator worker: retry the epoch
+                tr, retries = train_epoch_in_loop(model, train_loader, optimizer, scheduler,
+                                                  device, pool, retries=cfg.hil.retries,
+                                                  on_batch=progress)
+            else:  # with several ranks a dead worker fails the rank: Ray Train restarts them
+                tr = train_epoch(ddp, train_loader, optimizer, scheduler, device,
+                                 ide_model=model, on_batch=progress)
+        except DivergenceError as exc:
+            raise DivergenceError(f"{exc} of epoch {epoch + 1}") from None
         energy = meter.stop()
         _sync_buffers(model, world)
         te = evaluate(model, test_loader, device)

@@ -52,8 +52,6 @@ STORAGE/NAME; `fsnn tune CONFIG --resume` with the same config continues it: fin
 are kept, unfinished ones continue from their last epoch's checkpoint, and the remaining
 samples are drawn. Without --resume an existing search of that name is an error."""
 
-DEFAULT_STORAGE = "runs"
-
 
 class TuneSetupError(RuntimeError):
     """The search cannot start as configured; the message names the field."""
@@ -94,11 +92,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="experiment name under --storage (default: tune-<config name>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted search STORAGE/NAME (same config)")
-
-
-def _storage(path: str | None) -> str:
-    s = path or os.environ.get("FSNN_STORAGE") or DEFAULT_STORAGE
-    return s if "://" in s else str(Path(s).resolve())
 
 
 def _config_sha(cfg: Config) -> str:
@@ -243,12 +236,14 @@ def _prepare(cfg: Config, opts: TuneOptions) -> tuple[str, str, str]:
     """Everything checkable before Ray starts; returns (tracking uri, storage, experiment path)."""
     from ray.tune import Tuner
 
+    from fsnn.pipelines.storage import check_storage, resolve_storage
     from fsnn.pipelines.tracking import check_tracking_uri, resolve_tracking_uri
 
     check_metric(cfg)
     uri = resolve_tracking_uri(opts.tracking_uri)
     check_tracking_uri(uri)
-    storage = _storage(opts.storage)
+    storage = resolve_storage(opts.storage)
+    check_storage(storage)
     name = opts.name or f"tune-{cfg.name}"
     path = f"{storage.rstrip('/')}/{name}"
     exists = Tuner.can_restore(path)
@@ -276,17 +271,25 @@ def run_tune(cfg: Config, opts: TuneOptions) -> TuneOutcome:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(
             update={"root": str(Path(cfg.data.root).resolve())})})
     if opts.address is None:
-        from fsnn.platform.data import fetch_dataset
+        from fsnn.platform.data import check_dataset, fetch_dataset
 
-        fetch_dataset(cfg.data.name, Path(cfg.data.root) if cfg.data.root else None)
+        root = Path(cfg.data.root) if cfg.data.root else None
+        fetch_dataset(cfg.data.name, root)
+        check_dataset(cfg.data.name, root)
     from fsnn.pipelines.raycluster import connect
+    from fsnn.pipelines.run_status import closing_run
+    from fsnn.pipelines.tracking import client
 
     connect(opts.address)
     check_trial_resources(search)
     parent = _parent_run(cfg, opts, uri, path)
     print(f"[fsnn] search {path}: MLflow run {parent} ({uri})", flush=True)
-    results = _fit(cfg, opts, uri, storage, path, parent)
-    return _finish(cfg, uri, path, parent, results)
+    # Tune handles the first Ctrl-C itself (the search stops, _finish marks it KILLED); this
+    # closes the run on anything else
+    with closing_run(client(uri), parent, what=f"search run {parent}",
+                     kept=lambda: f"continue with `fsnn tune CONFIG --resume` ({path})"):
+        results = _fit(cfg, opts, uri, storage, path, parent)
+        return _finish(cfg, uri, path, parent, results)
 
 
 def _fit(cfg: Config, opts: TuneOptions, uri: str, storage: str, path: str,
@@ -356,6 +359,7 @@ def _finish(cfg: Config, uri: str, path: str, parent: str, results: Any) -> Tune
 def cmd_tune(args: argparse.Namespace) -> int:
     from fsnn.pipelines.cli import CLIError
     from fsnn.pipelines.raycluster import RayConnectError
+    from fsnn.pipelines.storage import StorageError
     from fsnn.pipelines.tracking import TrackingError
     from fsnn.pipelines.tune_report import print_table
     from fsnn.platform.data import DataError
@@ -366,7 +370,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
                            storage=args.storage, name=args.name, resume=args.resume,
                            config_path=args.config)
         out = run_tune(cfg, opts)
-    except (ConfigError, TuneSetupError, RayConnectError, TrackingError, DataError) as exc:
+    except (ConfigError, TuneSetupError, RayConnectError, TrackingError, DataError,
+            StorageError) as exc:
         raise CLIError(str(exc)) from None
     assert cfg.search is not None
     metric = cfg.search.metric

@@ -14,6 +14,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 
 class ConfigError(ValueError):
@@ -21,7 +22,9 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float of every section (lists, tuples and search spaces
+    # included) must be finite; pydantic checks it before the field's bounds
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -409,22 +412,60 @@ def _check_space(cfg: Config) -> None:
                                  f"({reason})") from None
 
 
+_UNION_MEMBERS = ("bool", "int", "float", "str")  # the tags pydantic adds to a union's errors
+Loc = tuple[int | str, ...]
+
+
+def _base_loc(loc: Loc) -> Loc:
+    return loc[:-1] if loc and loc[-1] in _UNION_MEMBERS else loc
+
+
+def _message(e: ErrorDetails) -> str:
+    loc = ".".join(str(p) for p in e["loc"])
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        msg = "unknown field (check the spelling; `fsnn train --help` lists the sections)"
+        if loc.startswith("search.space."):
+            msg = f"unknown distribution; use one of {', '.join(DISTRIBUTIONS)}"
+    named = not loc or msg.startswith((f"{loc}.", f"{loc}:"))
+    return msg if named else f"{loc}: {msg}"
+
+
 def _format(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; `fsnn train --help` lists the sections)"
-            if loc.startswith("search.space."):
-                msg = f"unknown distribution; use one of {', '.join(DISTRIBUTIONS)}"
-        named = not loc or msg.startswith((f"{loc}.", f"{loc}:"))
-        lines.append(msg if named else f"{loc}: {msg}")
+    errors = err.errors()
+    # an infinite or NaN number: one message, not one per member of the field's union
+    not_finite = {_base_loc(tuple(e["loc"])): e["input"] for e in errors
+                  if e["type"] == "finite_number"}
+    lines: list[str] = []
+    for e in errors:
+        base = _base_loc(tuple(e["loc"]))
+        if base not in not_finite:
+            lines.append(_message(e))
+        elif e["type"] == "finite_number":
+            line = f"{'.'.join(map(str, base))}: must be a finite number (got {e['input']!r})"
+            if line not in lines:
+                lines.append(line)
     return "invalid config: " + "; ".join(lines)
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+def yaml_reason(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where (line, column)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        return f"{exc.problem}{where}"
+    return " ".join(str(exc).split())
+
+
+def _parse_value(item: str, text: str) -> Any:
+    if text == "":
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: not valid YAML ({yaml_reason(exc)}); check its "
+                          "brackets and quotes (values are YAML, e.g. optim.milestones=[30,60])"
+                          ) from None
 
 
 def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -439,7 +480,7 @@ def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(nxt, dict):
                 raise ConfigError(f"--set {item!r}: {p!r} is not a section")
             node = nxt
-        node[parts[-1]] = _parse_value(value)
+        node[parts[-1]] = _parse_value(item, value)
     return doc
 
 
@@ -459,9 +500,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({exc})") from None
-        if loaded is None:
-            loaded = {}
+            raise ConfigError(f"{p}: not valid YAML ({yaml_reason(exc)})") from None
+        if loaded is None:  # empty, or only comments: defaults everywhere is not a request
+            raise ConfigError(f"{p}: CONFIG is empty; start from configs/demo.yaml (copy it "
+                              "and edit), or give at least one field")
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of fields")
         doc = loaded

@@ -15,6 +15,7 @@ one read at the end.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,11 @@ SOLVERS = ("anderson", "broyden", "fixed_point")
 # 3, not 5: the same iterations and accuracy on F400 and F64C5 (README, 'Speed on a GPU') with
 # 40% less of the solver's memory (two [B, window, state] buffers: 456 MiB for AlexNet-F at 128)
 ANDERSON_MEMORY = 3
+
+
+class DivergenceError(FloatingPointError):
+    """Training met non-finite numbers (a loss, weights or rates that are NaN or infinite):
+    deterministic, so a retry would meet them again."""
 
 
 @dataclass
@@ -63,7 +69,7 @@ class _Progress:
             self.best, self._best_res_t = x, rel
         else:  # NaN never counts as better
             self.best = torch.where(rel < self._best_res_t, x, self.best)
-            self._best_res_t = torch.minimum(rel, self._best_res_t)
+            self._best_res_t = torch.fmin(rel, self._best_res_t)  # a NaN never replaces it
         if read or self.seen % self.every == 0:
             self.best_res = float(self._best_res_t)  # the one host read
             return self.best_res < self.tol
@@ -72,7 +78,9 @@ class _Progress:
     def result(self, iterations: int, shape: torch.Size) -> tuple[torch.Tensor, SolveStats]:
         if self.every > 1 and self._best_res_t is not None:
             self.best_res = float(self._best_res_t)
-        assert self.best is not None
+        if self.best is None or not math.isfinite(self.best_res):
+            raise DivergenceError("the adjoint solve met non-finite values (the weights or "
+                                  "the rates are NaN or infinite)")
         return self.best.view(shape), SolveStats(iterations, self.best_res,
                                                  self.best_res < self.tol)
 

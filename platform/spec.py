@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -334,14 +335,48 @@ def save_spec(net: Network, path: str | Path) -> Path:
     return out
 
 
-def _get(d: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
-    if key not in d:
+_JSON_KINDS = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+               int: "a number", float: "a number", type(None): "null"}
+_EXPECTED: dict[Any, str] = {dict: "an object", list: "a list", str: "a string",
+                             bool: "true or false", int: "an integer"}
+
+
+def _got(value: Any) -> str:
+    if value is None:
+        return "null"
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return f"{_JSON_KINDS.get(type(value), type(value).__name__)} " \
+           f"({text if len(text) <= 40 else text[:37] + '...'})"
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: expected an object (JSON mapping), got {_got(value)}")
+    return value
+
+
+def _get(d: Any, key: str, where: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in _mapping(d, where):
         raise SpecError(f"{where}.{key}: missing")
     value = d[key]
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise SpecError(f"{where}.{key}: expected {getattr(kind, '__name__', kind)}, "
-                        f"got {type(value).__name__}")
+        raise SpecError(f"{where}.{key}: expected {_EXPECTED.get(kind, 'a number')}, "
+                        f"got {_got(value)}")
     return value
+
+
+def _number(d: Any, key: str, where: str) -> float:
+    return float(_get(d, key, where, (int, float)))
+
+
+def _shape(d: Any, where: str) -> tuple[int, ...]:
+    dims = _get(d, "shape", where, list)
+    if not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in dims):
+        raise SpecError(f"{where}.shape: expected a list of integers, got {_got(dims)}")
+    return tuple(int(x) for x in dims)
 
 
 def _tensor(tensors: dict[str, torch.Tensor], key: Any, where: str) -> torch.Tensor:
@@ -350,61 +385,69 @@ def _tensor(tensors: dict[str, torch.Tensor], key: Any, where: str) -> torch.Ten
     return tensors[key]
 
 
+def _population(p: Any, where: str) -> Population:
+    nd, nw = _get(p, "neuron", where, dict), f"{where}.neuron"
+    neuron = Neuron(model=_get(nd, "model", nw, str), v_th=_number(nd, "v_th", nw),
+                    leak=_number(nd, "leak", nw), reset=_get(nd, "reset", nw, str),
+                    v_reset=_number(nd, "v_reset", nw), v_init=_number(nd, "v_init", nw))
+    return Population(name=_get(p, "name", where, str), shape=_shape(p, where), neuron=neuron)
+
+
+def _projection(q: Any, where: str, tensors: dict[str, torch.Tensor]) -> Projection:
+    bias_key = _mapping(q, where).get("bias")
+    return Projection(
+        name=_get(q, "name", where, str), source=_get(q, "source", where, str),
+        target=_get(q, "target", where, str), kind=_get(q, "kind", where, str),
+        weight=_tensor(tensors, _get(q, "weight", where, str), f"{where}.weight"),
+        bias=None if bias_key is None else _tensor(tensors, bias_key, f"{where}.bias"),
+        stride=_get(q, "stride", where, int), padding=_get(q, "padding", where, int),
+        output_padding=_get(q, "output_padding", where, int),
+        delay=_get(q, "delay", where, int), feedback=_get(q, "feedback", where, bool))
+
+
+def _readout(doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Readout:
+    rd = _get(doc, "readout", "spec", dict)
+    bias_key = rd.get("bias")
+    return Readout(source=_get(rd, "source", "readout", str),
+                   weight=_tensor(tensors, _get(rd, "weight", "readout", str),
+                                  "readout.weight"),
+                   bias=None if bias_key is None else _tensor(tensors, bias_key, "readout.bias"))
+
+
 def network_from_json(doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Network:
+    """The :class:`Network` a spec.json document describes (SpecError naming the entry of any
+    structural mistake: a missing key, a wrong type, a list where an object belongs)."""
     if not isinstance(doc, dict) or doc.get("format") != SPEC_FORMAT:
         raise SpecError(f"{SPEC_JSON}: not an fsnn spec (format field is not {SPEC_FORMAT!r})")
     version = doc.get("version")
     if version != SPEC_VERSION:
         raise SpecError(f"version: this fsnn reads spec version {SPEC_VERSION}, "
                         f"the file is version {version!r}")
-    number = (int, float)
     try:
-        inp = _get(doc, "input", "spec", dict)
-        populations = []
-        for i, p in enumerate(_get(doc, "populations", "spec", list)):
-            where = f"populations[{i}]"
-            nd = _get(p, "neuron", where, dict)
-            nw = f"{where}.neuron"
-            neuron = Neuron(model=_get(nd, "model", nw, str),
-                            v_th=float(_get(nd, "v_th", nw, number)),
-                            leak=float(_get(nd, "leak", nw, number)),
-                            reset=_get(nd, "reset", nw, str),
-                            v_reset=float(_get(nd, "v_reset", nw, number)),
-                            v_init=float(_get(nd, "v_init", nw, number)))
-            populations.append(Population(name=_get(p, "name", where, str),
-                                          shape=tuple(int(d) for d in
-                                                      _get(p, "shape", where, list)),
-                                          neuron=neuron))
-        projections = []
-        for i, q in enumerate(_get(doc, "projections", "spec", list)):
-            where = f"projections[{i}]"
-            bias_key = q.get("bias")
-            projections.append(Projection(
-                name=_get(q, "name", where, str), source=_get(q, "source", where, str),
-                target=_get(q, "target", where, str), kind=_get(q, "kind", where, str),
-                weight=_tensor(tensors, q.get("weight"), f"{where}.weight"),
-                bias=None if bias_key is None else _tensor(tensors, bias_key, f"{where}.bias"),
-                stride=_get(q, "stride", where, int), padding=_get(q, "padding", where, int),
-                output_padding=_get(q, "output_padding", where, int),
-                delay=_get(q, "delay", where, int), feedback=_get(q, "feedback", where, bool)))
-        rd = _get(doc, "readout", "spec", dict)
-        readout = Readout(source=_get(rd, "source", "readout", str),
-                          weight=_tensor(tensors, rd.get("weight"), "readout.weight"),
-                          bias=None if rd.get("bias") is None
-                          else _tensor(tensors, rd["bias"], "readout.bias"))
-        net = Network(input=InputEncoding(kind=_get(inp, "kind", "input", str),
-                                          shape=tuple(int(d) for d in
-                                                      _get(inp, "shape", "input", list))),
-                      populations=populations, projections=projections, readout=readout,
-                      T=_get(doc, "T", "spec", int),
-                      labels=[str(x) for x in doc.get("labels", [])],
-                      metadata=dict(doc.get("metadata", {})))
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, SpecError):
-            raise
-        raise SpecError(f"{SPEC_JSON}: malformed ({exc})") from exc
+        net = _network(doc, tensors)
+    except SpecError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:  # a safety net
+        raise SpecError(f"{SPEC_JSON}: malformed ({type(exc).__name__}: {exc})") from None
     net.validate()
     return net
+
+
+def _network(doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Network:
+    inp = _get(doc, "input", "spec", dict)
+    populations = [_population(p, f"populations[{i}]")
+                   for i, p in enumerate(_get(doc, "populations", "spec", list))]
+    projections = [_projection(q, f"projections[{i}]", tensors)
+                   for i, q in enumerate(_get(doc, "projections", "spec", list))]
+    labels = doc.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(x, str | int | float) for x in labels):
+        raise SpecError(f"spec.labels: expected a list of names, got {_got(labels)}")
+    return Network(input=InputEncoding(kind=_get(inp, "kind", "input", str),
+                                       shape=_shape(inp, "input")),
+                   populations=populations, projections=projections,
+                   readout=_readout(doc, tensors), T=_get(doc, "T", "spec", int),
+                   labels=[str(x) for x in labels],
+                   metadata=dict(_mapping(doc.get("metadata", {}), "spec.metadata")))
 
 
 def load_spec(path: str | Path) -> Network:
@@ -426,4 +469,7 @@ def load_spec(path: str | Path) -> Network:
     except (SafetensorError, OSError, ValueError) as exc:
         raise SpecError(f"{wt}: not a readable safetensors file ({exc}); the spec is corrupt, "
                         "export it again") from exc
-    return network_from_json(doc, tensors)
+    try:
+        return network_from_json(doc, tensors)
+    except SpecError as exc:  # name the file: the message names the entry within it
+        raise SpecError(f"{js}: {str(exc).removeprefix(f'{SPEC_JSON}: ')}") from None

@@ -19,6 +19,7 @@ from fsnn.platform.config import Config
 from fsnn.platform.ide import AdjointConfig
 from fsnn.platform.methods import method_from_config
 from fsnn.platform.model import FeedbackSNN
+from fsnn.platform.solvers import DivergenceError
 from fsnn.platform.spec import Neuron
 from fsnn.platform.zoo import build_model
 
@@ -99,16 +100,28 @@ class _Sums:
         self.correct = torch.zeros((), device=device)
         self.rates: dict[str, torch.Tensor] = {}
         self.seen = 0
+        self.batches = 0
+        # the first batch whose loss was not finite (-1: none); kept on the device
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
         self.start = time.perf_counter()
 
     def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
             rates: dict[str, torch.Tensor]) -> None:
         n = y.shape[0]
+        bad = ~torch.isfinite(loss_sum.detach()) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, self.batches, self.first_bad)
+        self.batches += 1
         self.loss += loss_sum.detach()
         self.correct += (logits.detach().argmax(1) == y).sum()
         self.seen += n
         for k, v in rates.items():
             self.rates[k] = self.rates[k] + v * n if k in self.rates else v * n
+
+    def check_finite(self) -> None:
+        """Raise :class:`DivergenceError` naming the first batch whose loss was not finite."""
+        first = int(self.first_bad)  # waits for the device
+        if first >= 0:
+            raise DivergenceError(f"the loss became NaN or infinite at batch {first + 1}")
 
     def result(self, adjoint: dict[str, float]) -> EpochStats:
         n = max(self.seen, 1)
@@ -133,16 +146,21 @@ def train_epoch(model: FeedbackSNN, batches: Batches, optimizer: torch.optim.Opt
     sums = _Sums(device)
     for i, (x, y) in enumerate(batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        except DivergenceError as exc:
+            sums.check_finite()  # an earlier batch's loss went first: name that one
+            raise DivergenceError(f"{exc} at batch {i + 1}") from None
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
         sums.add(loss * y.shape[0], logits, y, inner.last_rates)
         if on_batch is not None:
             on_batch(i, loss.detach())
+    sums.check_finite()
     return sums.result(inner.method_stats())
 
 

@@ -5,45 +5,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
-from servers import RAY_TEST_ENV, two_ray_nodes
+from servers import two_ray_nodes
+from trainrun import FSNN
+from trainrun import runs as _runs
+from trainrun import steps as _steps
+from trainrun import train as _train
 
 from fsnn.platform.data import load_dataset
 from fsnn.platform.engine import readout, simulate
 from fsnn.platform.spec import load_spec
-
-FSNN = [sys.executable, "-m", "fsnn.pipelines.cli"]
-SMALL = ["--set", "data.train_limit=1200", "--set", "data.test_limit=300",
-         "--set", "data.batch_size=64", "--set", "T=4"]
-
-
-def _train(tmp: Path, uri: str, *extra: str, timeout: int = 400,
-           wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
-    cmd = [*FSNN, "train", str(Path(__file__).parents[1] / "configs" / "demo.yaml"),
-           "--tracking-uri", uri, "--storage", str(tmp / "storage"), *SMALL, *extra]
-    env = {**os.environ, **RAY_TEST_ENV}
-    if not wait:
-        return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def _runs(uri: str, name: str):
-    from mlflow.tracking import MlflowClient
-
-    c = MlflowClient(uri)
-    exp = c.get_experiment_by_name("fsnn")
-    runs = c.search_runs([exp.experiment_id], f"attributes.run_name = '{name}'")
-    return c, runs
-
-
-def _steps(c, run_id: str, key: str) -> list[int]:
-    return sorted(m.step for m in c.get_metric_history(run_id, key))
 
 
 def test_two_worker_run_logs_once_and_spec_reproduces_accuracy(tmp_path: Path,

@@ -100,6 +100,35 @@ def write_stamp(directory: Path, specs: tuple[FileSpec, ...]) -> None:
         tmp.write_text(json.dumps({"version": 1, "files": files}, indent=1, sort_keys=True))
 
 
+def try_write_stamp(directory: Path, specs: tuple[FileSpec, ...]) -> str | None:
+    """Write the stamp; None on success, else why it could not be written (read-only cache)."""
+    try:
+        write_stamp(directory, specs)
+    except OSError as exc:
+        return os_reason(exc)
+    return None
+
+
+def write_probe(directory: Path) -> str | None:
+    """None if a file can be created in `directory` (made if absent), else why not.
+
+    A real write attempt rather than `os.access`, which says yes to root on a read-only mount.
+    """
+    probe = directory / f".write-probe.{secrets.token_hex(6)}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        return os_reason(exc)
+    return None
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError in a few words: 'Read-only file system', 'Permission denied', ..."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
 def stamped_ok(directory: Path, spec: FileSpec, stamp: dict[str, dict[str, object]]) -> bool:
     """True when the stamp vouches for the file as it is now (same digest, size and mtime)."""
     entry = stamp.get(spec.name)

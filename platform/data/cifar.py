@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import atomic_path, log
+from .cache import atomic_path, log, write_probe
 from .catalog import CifarArchive
 from .errors import DataError
 from .sources import MIRROR_ENV, URL_TIMEOUT_S
@@ -74,16 +74,31 @@ def _complete(folder: Path, spec: CifarArchive) -> bool:
     return True
 
 
-def fetch_cifar(spec: CifarArchive, cache: Path, progress: bool) -> Path:
-    """The folder holding the .bin files: placed by hand, or downloaded once and md5-checked."""
-    dest = cache / spec.name
-    for folder in (dest / spec.folder, cache / spec.folder):
+def cached_cifar_folder(spec: CifarArchive, cache: Path) -> Path | None:
+    """The cached folder holding all .bin files (whole records), or None if there is none."""
+    for folder in (cache / spec.name / spec.folder, cache / spec.folder):
         if _complete(folder, spec):
             return folder
+    return None
+
+
+def fetch_cifar(spec: CifarArchive, cache: Path, progress: bool) -> Path:
+    """The folder holding the .bin files: placed by hand, or downloaded once and md5-checked."""
+    found = cached_cifar_folder(spec, cache)
+    if found is not None:
+        return found
+    dest = cache / spec.name
     mirror = os.environ.get(MIRROR_ENV)
     url = f"{mirror.rstrip('/')}/{spec.name}/{spec.archive}" if mirror else spec.url
     created = not dest.exists()
     try:
+        reason = write_probe(dest)
+        if reason is not None:
+            raise DataError(
+                f"the {spec.name} cache {dest} is not writable ({reason}) and lacks "
+                f"{spec.folder}; fetch into a writable cache with `fsnn data fetch {spec.name} "
+                f"--dir DIR` (or $FSNN_DATA=DIR), or make {dest} writable and re-run"
+            )
         _download_and_extract(spec, url, dest, progress)
     except BaseException:
         if created:

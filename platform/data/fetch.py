@@ -13,10 +13,12 @@ from .cache import (
     ChecksumMismatch,
     cache_root,
     log,
+    os_reason,
     read_stamp,
     sha256_file,
     stamped_ok,
-    write_stamp,
+    try_write_stamp,
+    write_probe,
     write_verified,
 )
 from .catalog import CIFAR_DATASETS, IDX_DATASETS, KNOWN_NAMES, NMNIST_NAME, FileSpec, IdxDataset
@@ -89,13 +91,33 @@ def _check_cached(dest: Path, spec: IdxDataset, progress: bool) -> list[FileSpec
         if not path.is_file():
             missing.append(file)
             continue
-        size = path.stat().st_size
-        if size == file.size and sha256_file(path) == file.sha256:
+        if _hash_matches(path, file):
             continue
-        path.unlink()
+        try:
+            path.unlink()
+        except OSError as exc:
+            raise _not_writable(spec, dest, f"{file.name} is corrupt", os_reason(exc)) from None
         log(progress, f"removed corrupt cached file {path} (checksum mismatch); fetching it again")
         missing.append(file)
     return missing
+
+
+def _hash_matches(path: Path, file: FileSpec) -> bool:
+    try:
+        return path.stat().st_size == file.size and sha256_file(path) == file.sha256
+    except OSError as exc:
+        raise DataError(
+            f"cannot read cached file {path} ({os_reason(exc)}); fix the permissions of "
+            f"{path.parent} or use another cache with --dir DIR or $FSNN_DATA"
+        ) from None
+
+
+def _not_writable(spec: IdxDataset, dest: Path, what: str, reason: str) -> DataError:
+    return DataError(
+        f"the {spec.name} cache {dest} is not writable ({reason}) and {what}; fetch into a "
+        f"writable cache with `fsnn data fetch {spec.name} --dir DIR` (or $FSNN_DATA=DIR), or "
+        f"make {dest} writable and re-run"
+    )
 
 
 def _fetch_idx(spec: IdxDataset, cache: Path, progress: bool) -> Path:
@@ -104,6 +126,10 @@ def _fetch_idx(spec: IdxDataset, cache: Path, progress: bool) -> Path:
     missing = _check_cached(dest, spec, progress) if not created else list(spec.files)
     if missing:
         try:
+            reason = write_probe(dest)
+            if reason is not None:
+                names = ", ".join(f.name for f in missing)
+                raise _not_writable(spec, dest, f"lacks {names}", reason)
             _fetch_from_sources(spec, dest, missing, progress)
         except BaseException:
             if created:
@@ -111,7 +137,14 @@ def _fetch_idx(spec: IdxDataset, cache: Path, progress: bool) -> Path:
                     dest.rmdir()  # only succeeds when nothing was left behind
             raise
     if not _stamp_is_current(dest, spec):
-        write_stamp(dest, spec.files)
+        reason = try_write_stamp(dest, spec.files)
+        if reason is not None:
+            log(
+                progress,
+                f"note: the files in {dest} are valid but their stamp could not be updated "
+                f"({reason}), so the next run hashes them again; to avoid that, run `fsnn data "
+                f"verify {spec.name} --dir {cache}` as the cache's owner",
+            )
     return dest
 
 
