@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 FSNN := $(VENV)/bin/fsnn
 STAMP := $(VENV)/.fsnn-installed
 
-.PHONY: venv data test demo lint bench-accuracy bench-throughput gpu-bundle clean
+.PHONY: venv data test demo lint docs bench-accuracy bench-throughput gpu-bundle clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ test: venv data lint
 
 demo: venv data
 	$(FSNN) pipeline configs/demo.yaml
+
+# The documentation site (mkdocs-material, strict): the CLI and config references are generated
+# from the parser and the config models into docs/reference/ (git-ignored), then built into site/.
+# NO_MKDOCS_2_WARNING silences Material's end-of-life banner (not a build warning).
+docs: venv
+	$(PY) docs/gen/cli_reference.py
+	$(PY) docs/gen/config_reference.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench-accuracy: venv data
 	$(PY) benchmarks/accuracy.py
