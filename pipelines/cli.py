@@ -236,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Feedback spiking neural networks: train with implicit differentiation "
                     "(Ray Train), search (Ray Tune), deploy to NEST/SpiNNaker (PyNN), track "
                     "in MLflow.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show Ray's and MLflow's own log lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("train", help="train a model with Ray Train (IDE by default)")
@@ -310,9 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from fsnn.pipelines.console import set_verbosity
     from fsnn.pipelines.run_status import Interrupted, interrupt_code, terminate_as_interrupt
 
     args = build_parser().parse_args(argv)
+    set_verbosity(args.verbose)
     terminate_as_interrupt()
     try:
         return int(args.func(args))

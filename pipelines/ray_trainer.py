@@ -56,22 +56,43 @@ def describe_failure(exc: BaseException) -> str:
 
 class FatalAwarePolicy(DefaultFailurePolicy):
     """Ray's default policy, except that a worker's :class:`FatalTrainingError` is raised at
-    once (and logged as one line: the driver prints the reason)."""
+    once (the driver prints the reason). A retry is announced on ``channel`` (the driver's
+    progress, pipelines/progress.py) in one line."""
+
+    def __init__(self, failure_config: Any, channel: Any = None) -> None:
+        super().__init__(failure_config)
+        self.channel = channel
+        self.retries = 0
 
     def make_decision(self, training_failed_error: TrainingFailedError) -> FailureDecision:
         if fatal_error(training_failed_error) is not None:
             return FailureDecision.RAISE
-        return super().make_decision(training_failed_error)
+        decision = super().make_decision(training_failed_error)
+        if decision == FailureDecision.RETRY and self.channel is not None:
+            self.retries += 1
+            limit = self.failure_config.max_failures
+            from fsnn.pipelines.progress import pusher
+
+            pusher(self.channel)({"kind": "note", "text": (
+                f"[fsnn] training failed ({describe_failure(training_failed_error)}); "
+                f"restarting the workers from the last checkpoint (restart {self.retries}"
+                + (f" of {limit})" if limit >= 0 else ")"))})
+        return decision
 
 
 class FsnnTorchTrainer(TorchTrainer):
     """A ``TorchTrainer`` with :class:`FatalAwarePolicy` and a Ctrl-C that raises
     :class:`KeyboardInterrupt` in the driver after aborting the run's workers."""
 
+    def __init__(self, *args: Any, progress_channel: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress_channel = progress_channel
+
     def _initialize_and_run_controller(self, **controller_init_kwargs: Any) -> Any:
         policy = controller_init_kwargs.get("failure_policy")
         if isinstance(policy, FailurePolicy):
-            controller_init_kwargs["failure_policy"] = FatalAwarePolicy(policy.failure_config)
+            controller_init_kwargs["failure_policy"] = FatalAwarePolicy(
+                policy.failure_config, self.progress_channel)
         return super()._initialize_and_run_controller(**controller_init_kwargs)
 
     def _register_sigint_handler(self, controller: Any) -> None:

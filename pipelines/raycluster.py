@@ -84,8 +84,10 @@ def connect(address: str | None, *, num_cpus: int | None = None, timeout: float 
 
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
-                              "runtime_env": runtime_env}
+    from fsnn.pipelines.console import ray_init_options
+
+    kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": runtime_env,
+                              **ray_init_options()}
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is None:
         # no dashboard, hence no state API: keep Ray Train's placement-group cleaner from

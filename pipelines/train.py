@@ -246,6 +246,7 @@ def run_train(cfg: Config, opts: TrainOptions) -> TrainOutcome:
     import ray
     import ray.train
 
+    from fsnn.pipelines.progress import ProgressView, start_channel
     from fsnn.pipelines.ray_trainer import FsnnTorchTrainer, describe_failure, fatal_error
     from fsnn.pipelines.train_worker import train_loop
 
@@ -306,12 +307,14 @@ def run_train(cfg: Config, opts: TrainOptions) -> TrainOutcome:
         # Train V2 patches print() in workers to log through its logger *and* tee to the
         # redirected stdout: every progress line would reach the driver twice
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+        channel = start_channel()  # rank 0's progress, drawn here
         trainer = FsnnTorchTrainer(
             train_loop,
             train_loop_config={"config": doc, "run_id": run_id, "tracking_uri": uri,
                                "threads": cpus_per_worker, "run_dir": run_dir,
                                "init": str(init[1]) if init else None,
-                               "resume": str(resume.checkpoint) if resume else None},
+                               "resume": str(resume.checkpoint) if resume else None,
+                               "progress": channel},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                 resources_per_worker={"CPU": cpus_per_worker}),
@@ -319,9 +322,11 @@ def run_train(cfg: Config, opts: TrainOptions) -> TrainOutcome:
                 name=name, storage_path=storage,
                 failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+            progress_channel=channel,
         )
         try:
-            result = trainer.fit()
+            with ProgressView(channel):
+                result = trainer.fit()
         except ray.train.TrainingFailedError as exc:
             fatal = fatal_error(exc)
             if fatal is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from fsnn.pipelines.progress import Event
 from fsnn.pipelines.training import build_training, epoch_metrics, log_final_artifacts
 from fsnn.platform.checkpoint import (
     CheckpointError,
@@ -82,18 +83,20 @@ def _sync_buffers(model: torch.nn.Module, world: int) -> None:
         dist.broadcast(b.data, 0)
 
 
-def _progress(cfg: Any, epoch: int, batches: int) -> Callable[[int, torch.Tensor], None]:
-    """Prints a line every ``train.log_every`` batches: batch, loss, images per second."""
+def _progress(cfg: Any, epoch: int, batches: int, push: Callable[[Event], None]
+              ) -> Callable[[int, torch.Tensor], None]:
+    """Sends the driver the batch, loss and images per second every ``train.log_every``
+    batches (the driver draws them: pipelines/progress.py)."""
     start = time.perf_counter()
     every = cfg.train.log_every
     per_batch = max(1, cfg.data.batch_size)
 
     def show(i: int, loss: torch.Tensor) -> None:
         if (i + 1) % every == 0 and i + 1 < batches:
-            value = float(loss)  # waits for the device: only when a line is printed
+            value = float(loss)  # waits for the device: only when progress is sent
             rate = (i + 1) * per_batch / max(time.perf_counter() - start, 1e-9)
-            print(f"[fsnn] epoch {epoch + 1}/{cfg.train.epochs}  batch {i + 1}/{batches}  "
-                  f"loss {value:.4f}  {rate:.0f} img/s", flush=True)
+            push({"kind": "batch", "epoch": epoch + 1, "epochs": cfg.train.epochs,
+                   "batch": i + 1, "batches": batches, "loss": value, "img_s": rate})
     return show
 
 
@@ -124,6 +127,9 @@ def _train(loop: dict[str, Any]) -> None:
 
     cfg = config_from_dict(loop["config"])
     run_id: str = loop["run_id"]
+    from fsnn.pipelines.progress import pusher
+
+    push = pusher(loop.get("progress"))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(loop.get("threads", 1))))
@@ -184,12 +190,13 @@ def _train(loop: dict[str, Any]) -> None:
         torch.manual_seed(epoch_seed(cfg.train.seed, epoch))
         meter.start()
         retries = 0
-        progress = _progress(cfg, epoch, len(train_loader)) if rank == 0 else None
+        progress = _progress(cfg, epoch, len(train_loader), push) if rank == 0 else None
         try:
             if pool is not None and world == 1:  # a dead simulator worker: retry the epoch
-                tr, retries = train_epoch_in_loop(model, train_loader, optimizer, scheduler,
-                                                  device, pool, retries=cfg.hil.retries,
-                                                  on_batch=progress)
+                tr, retries = train_epoch_in_loop(
+                    model, train_loader, optimizer, scheduler, device, pool,
+                    retries=cfg.hil.retries, on_batch=progress,
+                    log=lambda msg: push({"kind": "note", "text": msg}))
             else:  # with several ranks a dead worker fails the rank: Ray Train restarts them
                 tr = train_epoch(ddp, train_loader, optimizer, scheduler, device,
                                  ide_model=model, on_batch=progress)
@@ -225,10 +232,11 @@ def _train(loop: dict[str, Any]) -> None:
             log_epoch(c, run_id, metrics, epoch)
             on_targets = "".join(f"  {k.split('/')[1]} {v:.4f}" for k, v in metrics.items()
                                  if k.startswith("target/") and k.endswith("/accuracy"))
-            print(f"[fsnn] epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics['train_loss']:.4f}"
-                  f"  train {metrics['train_accuracy']:.4f}  test {metrics['test_accuracy']:.4f}"
-                  f"{on_targets}  {metrics['images_per_s']:.0f} img/s  adjoint iters "
-                  f"{metrics.get('adjoint_iterations', 0):.1f}", flush=True)
+            push({"kind": "epoch", "text":
+                  f"[fsnn] epoch {epoch + 1}/{cfg.train.epochs}  loss "
+                  f"{metrics['train_loss']:.4f}  train {metrics['train_accuracy']:.4f}  test "
+                  f"{metrics['test_accuracy']:.4f}{on_targets}  {metrics['images_per_s']:.0f} "
+                  f"img/s  adjoint iters {metrics.get('adjoint_iterations', 0):.1f}"})
     if pool is not None:
         pool.close()
     if rank == 0:

@@ -171,4 +171,6 @@ def test_two_training_workers_restart_from_the_checkpoint_when_a_simulator_dies(
     for key in ("train_loss", "test_accuracy", "hil/samples"):
         assert [m.step for m in c.get_metric_history(rid, key)] == [0, 1, 2, 3], key
     assert int(runs[0].data.tags["fsnn.resumed_from_epoch"]) >= 1, output[-6000:]
+    # the driver's one line about the restart names the lost simulator worker
+    assert "restarting the workers from the last checkpoint (restart 1 of" in output, output
     assert "simulator worker died" in output

@@ -23,12 +23,38 @@ def _pipeline(tmp: Path, uri: str, *extra: str) -> subprocess.CompletedProcess:
                           text=True, timeout=600, env={**os.environ, **RAY_TEST_ENV})
 
 
+# what Ray's and MLflow's internals print when they are let through (`--verbose`)
+LIBRARY_LINES = ("Traceback", "(TrainController", "(RayTrainWorker", "core_worker.cc",
+                 "INFO worker.py", "Started a local Ray instance", "View run",
+                 "mlflow.store.db.utils", "PlacementGroupCleaner", "TrainingReport(")
+
+
+def assert_quiet_console(text: str) -> None:
+    """fsnn's progress and table, nothing from Ray's or MLflow's internals."""
+    assert "[fsnn] epoch 1/1" in text and "agree spikes" in text, text[-3000:]
+    for marker in LIBRARY_LINES:
+        assert marker not in text, (marker, text[-4000:])
+
+
+def test_verbose_lets_ray_speak(tmp_path: Path, tracking: str) -> None:
+    out = subprocess.run([*FSNN, "--verbose", "train", str(Path(__file__).parents[1] / "configs"
+                          / "demo.yaml"), "--tracking-uri", tracking, "--storage",
+                          str(tmp_path / "storage"), *TINY, "--set", "name=loud",
+                          "--num-workers", "1"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600, env={**os.environ, **RAY_TEST_ENV})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    assert "(RayTrainWorker" in text and "Started a local Ray instance" in text, text[-3000:]
+    assert text.count("[fsnn] epoch 1/1  loss") == 1  # progress once, not once per channel
+
+
 def test_pipeline_links_runs_and_table_matches_metrics(tmp_path: Path, tracking: str) -> None:
     from mlflow.tracking import MlflowClient
 
     out = _pipeline(tmp_path, tracking)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "agree spikes" in out.stdout and "mlflow ui --backend-store-uri" in out.stdout
+    assert_quiet_console(out.stdout + out.stderr)
     c = MlflowClient(tracking)
     exp = c.get_experiment_by_name("fsnn")
     pipe = c.search_runs([exp.experiment_id], "attributes.run_name = 'pipeline-tinypipe'")[0]

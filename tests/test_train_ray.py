@@ -76,6 +76,7 @@ def test_killed_worker_resumes_from_checkpoint_in_the_same_run(tmp_path: Path,
         assert _steps(c, rid, key) == [0, 1, 2, 3], key
     assert int(runs[0].data.tags["fsnn.resumed_from_epoch"]) >= 1, output[-6000:]
     assert runs[0].info.status == "FINISHED"
+    assert "restarting the workers from the last checkpoint (restart 1 of 2)" in output, output
 
 
 def test_two_nodes_on_loopback_get_one_worker_each(tmp_path: Path, tracking: str) -> None:
