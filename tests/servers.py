@@ -84,3 +84,23 @@ def two_ray_nodes(tmp: Path) -> Iterator[str]:
     finally:
         ray_cmd("stop", "--force")
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextmanager
+def local_ray(num_cpus: int) -> Iterator[None]:
+    """A local Ray in this process for the tests (no dashboard, no worker output), the test
+    environment set while it runs."""
+    import ray
+
+    saved = {k: os.environ.get(k) for k in RAY_TEST_ENV}
+    os.environ.update(RAY_TEST_ENV)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

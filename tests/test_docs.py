@@ -165,11 +165,13 @@ def test_the_config_reference_names_every_field_with_its_default(built: Path) ->
 
 
 def test_the_results_tables_are_the_readmes() -> None:
-    """docs/results.md copies README's benchmark tables: every row must be in README as is."""
-    readme = (ROOT / "README.md").read_text().splitlines()
-    rows = [line for line in (ROOT / "docs" / "results.md").read_text().splitlines()
-            if line.startswith("|")]
-    assert len(rows) > 20
-    missing = [row for row in rows if row not in readme]
-    assert not missing, "rows of docs/results.md that README does not have (copy them again):\n" \
+    """docs/results.md holds every measurement; README's short table copies rows of it: each
+    README row must stand on the results page as is."""
+    results = (ROOT / "docs" / "results.md").read_text().splitlines()
+    assert len([line for line in results if line.startswith("|")]) > 20
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines()
+            if line.startswith("| ")]
+    assert len(rows) >= 5
+    missing = [row for row in rows if row not in results]
+    assert not missing, "README rows that docs/results.md does not have (copy them again):\n" \
         + "\n".join(missing)

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from nets import small_model
-from servers import RAY_TEST_ENV
+from servers import local_ray
 
 from fsnn.platform.config import ConfigError, load_config
 from fsnn.platform.model import FeedbackSNN
@@ -25,20 +25,8 @@ from fsnn.platform.spec import Neuron, SpecError
 
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
-    import ray
-
-    saved = {k: os.environ.get(k) for k in RAY_TEST_ENV}
-    os.environ.update(RAY_TEST_ENV)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with local_ray(2):
         yield
-    finally:
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _model(kind: str, *, neuron: Neuron | None = None, T: int = 12,

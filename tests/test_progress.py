@@ -7,27 +7,15 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from servers import RAY_TEST_ENV
+from servers import local_ray
 
 from fsnn.pipelines.console import ray_init_options, set_verbosity, verbose
 
 
 @pytest.fixture(scope="module")
 def ray_one_cpu() -> Iterator[None]:
-    import ray
-
-    saved = {k: os.environ.get(k) for k in RAY_TEST_ENV}
-    os.environ.update(RAY_TEST_ENV)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
+    with local_ray(1):
         yield
-    finally:
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _events() -> list[dict[str, object]]:
