@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 FSNN := $(VENV)/bin/fsnn
 STAMP := $(VENV)/.fsnn-installed
 
-.PHONY: venv data test demo lint docs bench-accuracy bench-throughput gpu-bundle clean
+.PHONY: venv data test demo lint typecheck pkgtree docs figures bench-accuracy bench-throughput gpu-bundle clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,26 @@ data: venv
 	$(FSNN) data fetch mnist
 	$(FSNN) data fetch fashion-mnist
 
-lint: venv
+lint: venv typecheck
 	$(VENV)/bin/ruff check .
+
+# fsnn as one folder tree of links (api/ -> fsnn/, platform/ -> fsnn/platform/, ...), for tools
+# that cannot follow the editable install's folder mapping (mypy, mkdocstrings)
+PKGTREE := build/pkgtree
+# (platform/ as a tree of links with an __init__.py of its own: griffe skips a folder without
+# one inside a package; the repository's platform/ has none, see DESIGN.md)
+pkgtree:
+	rm -rf $(PKGTREE) && mkdir -p $(PKGTREE)
+	cp -rs $(CURDIR)/api $(PKGTREE)/fsnn
+	for d in backends pipelines; do ln -s $(CURDIR)/$$d $(PKGTREE)/fsnn/$$d; done
+	cp -rs $(CURDIR)/platform $(PKGTREE)/fsnn/platform
+	touch $(PKGTREE)/fsnn/platform/__init__.py
+
+# the public API and the CLI over it, strictly typed (settings: [tool.mypy] in pyproject.toml)
+typecheck: venv pkgtree
+	cd $(PKGTREE) && $(CURDIR)/$(PY) -m mypy --config-file $(CURDIR)/pyproject.toml \
+	  --cache-dir $(CURDIR)/.mypy_cache -m fsnn -m fsnn.jobs -m fsnn.backends \
+	  -m fsnn.pipelines.cli -m fsnn.pipelines.commands
 
 test: venv data lint
 	$(PY) -m pytest -q
@@ -31,12 +49,21 @@ demo: venv data
 	$(FSNN) pipeline configs/demo.yaml
 
 # The documentation site (mkdocs-material, strict): the CLI and config references are generated
-# from the parser and the config models into docs/reference/ (git-ignored), then built into site/.
+# from the parser and the config models into docs/reference/ (git-ignored), the Python API
+# reference (docs/reference/api.md) is read by mkdocstrings from the link tree build/pkgtree,
+# then everything is built into site/. griffe, mkdocstrings' reader, skips a folder without
+# __init__.py inside a package, so fsnn/platform becomes a tree of links there with an empty
+# __init__.py of its own (only in build/: platform/ has none on purpose, see pyproject.toml).
 # NO_MKDOCS_2_WARNING silences Material's end-of-life banner (not a build warning).
-docs: venv
+docs: venv pkgtree
 	$(PY) docs/gen/cli_reference.py
 	$(PY) docs/gen/config_reference.py
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+# the documentation's pictures (docs/img/, committed): the flow, a torch-vs-NEST raster, rates
+# converging to the equilibrium, accuracy over T and V_th from a real Tune search (~5 min)
+figures: venv data
+	$(PY) docs/gen/figures.py
 
 bench-accuracy: venv data
 	$(PY) benchmarks/accuracy.py

@@ -1,7 +1,7 @@
 """The Backend protocol: build a spec, run batches of inputs for T steps, report counts.
 
 Every backend runs the spec in *deployment timing* (each projection acts ``delay`` steps after
-the spike) and returns a :class:`BatchResult`; :func:`get_backend` finds one by name. A backend
+the spike) and returns a `BatchResult`; `get_backend` finds one by name. A backend
 that needs a simulator or a machine also has ``probe()``: raise BackendError unless the simulator
 imports and the machine answers (hardware-in-the-loop training calls it before any step).
 """
@@ -20,13 +20,14 @@ import yaml
 
 from fsnn.platform.config import yaml_reason
 from fsnn.platform.counting import fan_out, synaptic_events
+from fsnn.platform.errors import FsnnError
 from fsnn.platform.spec import Network
 
 __all__ = ["Backend", "BackendError", "BatchResult", "check_options", "fan_out", "get_backend",
            "parse_option", "parse_options", "synaptic_events"]
 
 
-class BackendError(RuntimeError):
+class BackendError(FsnnError, RuntimeError):
     """A backend is missing, unreachable, or cannot express a spec; the message says why."""
 
 
@@ -66,9 +67,9 @@ class Backend(Protocol):
 
 BACKENDS: dict[str, str] = {
     "torch": "fsnn.backends.torch_backend:TorchBackend",
-    "nest": "fsnn.backends.nest_backend:NestBackend",
-    "spinnaker": "fsnn.backends.spinnaker_backend:SpinnakerBackend",
-    "spinnaker-emulated": "fsnn.backends.spinnaker_emulation:SpinnakerEmulatedBackend",
+    "nest": "fsnn.backends.nest.backend:NestBackend",
+    "spinnaker": "fsnn.backends.spinnaker.backend:SpinnakerBackend",
+    "spinnaker-emulated": "fsnn.backends.spinnaker.emulation:SpinnakerEmulatedBackend",
 }
 
 

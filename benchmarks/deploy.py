@@ -36,7 +36,7 @@ COLUMNS = ["model", "backend", "workers", "samples", "T", "neurons", "synapses",
 
 def nest_shard(net: Network, x: torch.Tensor, batch: int) -> dict[str, Any]:
     """One worker: build NEST, run its samples in batches, return timings and counts."""
-    from fsnn.backends.nest_backend import NestBackend
+    from fsnn.backends.nest.backend import NestBackend
 
     backend = NestBackend()
     backend.build(net)

@@ -27,7 +27,7 @@ import torch
 from common import table, write_json
 
 from fsnn.backends.base import get_backend
-from fsnn.pipelines.forward_pool import ForwardPool, attach
+from fsnn.pipelines.hil.pool import ForwardPool, attach
 from fsnn.platform.config import Config, load_config
 from fsnn.platform.data import load_dataset, make_loader
 from fsnn.platform.model import FeedbackSNN

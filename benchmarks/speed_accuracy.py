@@ -45,7 +45,7 @@ def overrides_for(variant: str) -> list[str]:
 
 
 def run(args: argparse.Namespace, variant: str, seed: int) -> list[dict[str, Any]]:
-    from fsnn.pipelines.training import build_training
+    from fsnn.pipelines.train.recipe import build_training
     from fsnn.platform.config import load_config
     from fsnn.platform.trainer import evaluate, train_epoch
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from fsnn.backends.spinnaker_emulation import SpinnakerEmulatedBackend
-from fsnn.backends.spinnaker_plan import plan_scales
+from fsnn.backends.spinnaker.emulation import SpinnakerEmulatedBackend
+from fsnn.backends.spinnaker.plan import plan_scales
 from fsnn.backends.torch_backend import TorchBackend
 from fsnn.platform.config import load_config
 from fsnn.platform.data import DATASETS, load_dataset, make_loader

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fsnn.backends.base import BackendError, BatchResult, check_backend_options, get_backend
+from fsnn.platform.errors import FsnnError
 from fsnn.platform.spec import Network, SpecError, load_spec
 
 
@@ -63,7 +64,13 @@ class Evaluator:
 
 
 @dataclass
-class DeployReport:
+class DeployResult:
+    """One evaluation on a backend: ``metrics`` (accuracy, samples_per_s, spikes_per_sample,
+    synaptic_events_per_sample, estimated and measured energies; on a simulator also
+    agreement_predictions, agreement_counts and reference_accuracy, against the torch engine
+    on the same images), the deploy's MLflow ``run_id`` (None with log=False) and the
+    predicted class of every sample."""
+
     backend: str
     samples: int
     metrics: dict[str, float]
@@ -71,12 +78,43 @@ class DeployReport:
     predictions: np.ndarray | None = None
 
 
-class DeployError(RuntimeError):
+class DeployError(FsnnError, RuntimeError):
     """The source, the data or the backend cannot be used; the message says why."""
 
 
+@dataclass
+class Source:
+    """What a deploy runs: the spec, its training run, and the model version it came from."""
+
+    net: Network
+    train_run: str | None
+    model: Any = None  # a fsnn.pipelines.mlflow_model.ModelRef for models:/ and runs:/ URIs
+
+
+def resolve(source: str, tracking_uri: str, workdir: Path) -> Source:
+    """A spec directory, an MLflow run id whose ``spec`` artifact is fetched, or an MLflow
+    Model URI (``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``runs:/RUN_ID/model``) whose
+    fsnn flavor names the spec; an unknown one is a DeployError naming it, before any work."""
+    if source.startswith(("models:/", "runs:/")):
+        from fsnn.pipelines.mlflow_model import ModelError, download_spec, model_ref
+
+        try:
+            ref = model_ref(source, tracking_uri)
+            spec, run = download_spec(ref, tracking_uri, workdir)
+        except ModelError as exc:
+            raise DeployError(str(exc)) from None
+        net = load_spec(spec)
+        return Source(net, run or net.metadata.get("mlflow_run_id"), ref)
+    net, run = resolve_source(source, tracking_uri, workdir)
+    return Source(net, run)
+
+
 def resolve_source(source: str, tracking_uri: str, workdir: Path) -> tuple[Network, str | None]:
-    """A spec directory, or an MLflow run id whose ``spec`` artifact is fetched."""
+    """A spec directory, an MLflow run id whose ``spec`` artifact is fetched, or an MLflow
+    Model URI (see :func:`resolve`)."""
+    if source.startswith(("models:/", "runs:/")):
+        found = resolve(source, tracking_uri, workdir)
+        return found.net, found.train_run
     path = Path(source)
     if path.exists():
         net = load_spec(path)
@@ -88,7 +126,9 @@ def resolve_source(source: str, tracking_uri: str, workdir: Path) -> tuple[Netwo
         c.get_run(source)
     except Exception as exc:
         raise DeployError(f"{source!r} is neither a spec directory nor a run in "
-                          f"{tracking_uri} ({type(exc).__name__})") from None
+                          f"{tracking_uri} ({type(exc).__name__}); a model URI works too: "
+                          f"models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/model") \
+            from None
     names = {a.path for a in c.list_artifacts(source)}
     if "spec" not in names:
         raise DeployError(f"run {source} has no 'spec' artifact (was it trained to the end by "
@@ -112,9 +152,11 @@ def evaluate(net: Network, backend: str, x: torch.Tensor, *, workers: int = 1,
     tensors = {k: v.numpy() for k, v in net.tensors().items()}
     spans = _chunks(x.shape[0], chunk)
     outs: list[ShardOutput] = []
+    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(disable=not progress, transient=True) as bar:
+    # a bar only on a terminal (elsewhere a transient bar leaves blank lines)
+    with Progress(disable=not (progress and Console().is_terminal), transient=True) as bar:
         task = bar.add_task(f"{backend}: samples", total=x.shape[0])
         if workers <= 1 and not remote:
             ev = Evaluator(backend, doc, tensors, options)
@@ -199,7 +241,7 @@ def load_test_data(net: Network, dataset: str | None, samples: int,
 def run_deploy(source: str, backend: str, *, samples: int = 500, workers: int = 1,
                tracking_uri: str | None = None, address: str | None = None,
                dataset: str | None = None, log: bool = True,
-               options: dict[str, Any] | None = None) -> DeployReport:
+               options: dict[str, Any] | None = None) -> DeployResult:
     from fsnn.pipelines.tracking import check_tracking_uri, resolve_tracking_uri
 
     check_backend_options(backend, options or {})
@@ -207,9 +249,10 @@ def run_deploy(source: str, backend: str, *, samples: int = 500, workers: int = 
     check_tracking_uri(uri)
     with tempfile.TemporaryDirectory() as d:
         try:
-            net, train_run = resolve_source(source, uri, Path(d))
+            found = resolve(source, uri, Path(d))
         except SpecError as exc:
             raise DeployError(str(exc)) from None
+    net, train_run = found.net, found.train_run
     # refuse a spec the backend cannot express before any data is loaded or simulator built
     get_backend(backend, **(options or {})).check(net)
     x, y = load_test_data(net, dataset, samples)
@@ -239,13 +282,18 @@ def run_deploy(source: str, backend: str, *, samples: int = 500, workers: int = 
     run_id = None
     if log:
         run_id = _log(uri, net, backend, metrics, train_run, source, samples, workers,
-                      meter.reasons)
+                      meter.reasons, found.model)
+        if found.model is not None:
+            from fsnn.pipelines.mlflow_model import tag_version
+
+            tag_version(uri, found.model, backend, metrics, run_id)
     preds, _, _ = _merge(outs)
-    return DeployReport(backend, len(y), metrics, run_id, preds)
+    return DeployResult(backend, len(y), metrics, run_id, preds)
 
 
 def _log(uri: str, net: Network, backend: str, metrics: dict[str, float], train_run: str | None,
-         source: str, samples: int, workers: int, absent: dict[str, str]) -> str:
+         source: str, samples: int, workers: int, absent: dict[str, str],
+         model: Any = None) -> str:
     from fsnn.pipelines.plots import plot_energy
     from fsnn.pipelines.tracking import client, create_run
 
@@ -253,6 +301,10 @@ def _log(uri: str, net: Network, backend: str, metrics: dict[str, float], train_
             **{f"fsnn.absent.{k}": v for k, v in absent.items()}}
     if train_run:
         tags["fsnn.train_run_id"] = train_run
+    if model is not None:
+        tags["fsnn.model_uri"] = model.label
+        if model.name:
+            tags["fsnn.model_name"], tags["fsnn.model_version"] = model.name, model.version
     run_id = create_run(uri, run_name=f"deploy-{backend}",
                         params={"backend": backend, "samples": samples, "workers": workers,
                                 "T": net.T, "model": net.metadata.get("model", "")},
@@ -273,4 +325,5 @@ def _log(uri: str, net: Network, backend: str, metrics: dict[str, float], train_
     return run_id
 
 
-__all__ = ["BackendError", "DeployError", "DeployReport", "evaluate", "run_deploy"]
+__all__ = ["BackendError", "DeployError", "DeployResult", "Source", "evaluate", "resolve",
+           "resolve_source", "run_deploy"]

@@ -46,12 +46,13 @@ import numpy as np
 import torch
 
 from fsnn.platform.engine import apply_projection
+from fsnn.platform.errors import FsnnError
 from fsnn.platform.spec import INPUT, Network, Population, Projection
 
 MAX_DENSE = 1 << 24  # entries of a dense matrix an exported Affine may hold
 
 
-class ExportError(RuntimeError):
+class ExportError(FsnnError, RuntimeError):
     """The spec cannot be exported; the message says why."""
 
 
@@ -288,17 +289,3 @@ def run_export(source: str, fmt: str = "nir", out: str | None = None,
         stem = Path(source).name if Path(source).exists() else (run_id or source)
         out = str(check_out_path(f"{stem}.nir"))
     return export_nir(net, out)
-
-
-def cli_export(args: Any) -> int:
-    """``fsnn export`` (arguments from :mod:`fsnn.pipelines.cli`)."""
-    from fsnn.pipelines.cli import CLIError
-    from fsnn.pipelines.deploy import DeployError
-    from fsnn.pipelines.tracking import TrackingError
-
-    try:
-        path = run_export(args.source, args.format, args.out, args.tracking_uri)
-    except (ExportError, DeployError, TrackingError) as exc:
-        raise CLIError(str(exc)) from None
-    print(f"[fsnn] wrote {path} (NIR graph)")
-    return 0

@@ -51,11 +51,15 @@ def config_hash(cfg: Config) -> str:
 
 @dataclass
 class PipelineResult:
+    """What `fsnn pipeline` ran: the pipeline's MLflow run (parent of the others), the
+    training run, one deploy run per backend, the comparison's ``rows`` (one dict per backend:
+    accuracy, agreement, spikes, synaptic events, energy, ...) and that ``table`` as text."""
+
     pipeline_run: str
     train_run: str
-    deploy_runs: dict[str, str]
+    deploy_runs: dict[str, str]  # backend -> its deploy run
     rows: list[dict[str, Any]]
-    reused: list[str]
+    reused: list[str]  # the steps taken from earlier finished runs of the same config
     table: str
 
 
@@ -71,7 +75,7 @@ def _finished(c: Any, filter_string: str) -> Any | None:
 def _interrupted(c: Any, key: str) -> str | None:
     """The newest training run of this config that was interrupted or failed and left a
     checkpoint to resume from."""
-    from fsnn.pipelines.train import checkpoints_in
+    from fsnn.pipelines.train.resume import checkpoints_in
 
     exp = c.get_experiment_by_name("fsnn")
     if exp is None:
@@ -105,14 +109,18 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def run_pipeline(cfg: Config, *, config_path: str | None = None, force: bool = False,
                  address: str | None = None, tracking_uri: str | None = None,
-                 storage: str | None = None) -> PipelineResult:
+                 storage: str | None = None, register: str | None = None) -> PipelineResult:
     from fsnn.backends.base import get_backend
     from fsnn.pipelines.deploy import run_deploy
     from fsnn.pipelines.storage import check_storage, resolve_storage
-    from fsnn.pipelines.train import TrainOptions, run_train
+    from fsnn.pipelines.train.driver import TrainOptions, run_train
 
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
+    if register:
+        from fsnn.pipelines.mlflow_model import check_registry
+
+        check_registry(uri, register)
     check_storage(resolve_storage(storage))
     for b in cfg.deploy.backends:  # an unknown or uninstallable backend fails before training
         get_backend(b)
@@ -125,12 +133,21 @@ def run_pipeline(cfg: Config, *, config_path: str | None = None, force: bool = F
                      kept=lambda: "the next `fsnn pipeline` of the same config reuses the "
                                   "finished steps and resumes an interrupted training"):
         reused: list[str] = []
+        version: str | None = None  # models:/NAME/VERSION with register: the deploys' source
         prev = None if force else _finished(
             c, f"tags.`fsnn.kind` = 'train' and tags.`fsnn.config_hash` = '{key}'")
         if prev is not None and "spec" in {a.path for a in c.list_artifacts(prev.info.run_id)}:
             train_run = prev.info.run_id
             reused.append("train")
             print(f"[fsnn] reusing training run {train_run} (same config; --force retrains)")
+            if register:
+                from fsnn.pipelines.mlflow_model import register as _register
+                from fsnn.pipelines.mlflow_model import version_tags
+
+                number = _register(uri, train_run, register,
+                                   version_tags(cfg, dict(prev.data.metrics)))
+                version = f"models:/{register}/{number}"
+                print(f"[fsnn] registered {version}")
         else:
             resume = None if force else _interrupted(c, key)
             if resume is not None:
@@ -140,8 +157,8 @@ def run_pipeline(cfg: Config, *, config_path: str | None = None, force: bool = F
                                               config_path=config_path, resume=resume,
                                               tags={"fsnn.config_hash": key,
                                                     "fsnn.pipeline_run_id": pipeline_run},
-                                              parent_run_id=pipeline_run))
-            train_run = out.run_id
+                                              parent_run_id=pipeline_run, register=register))
+            train_run, version = out.run_id, out.model_version
         rows: list[dict[str, Any]] = []
         deploy_runs: dict[str, str] = {}
         for backend in cfg.deploy.backends:
@@ -154,7 +171,7 @@ def run_pipeline(cfg: Config, *, config_path: str | None = None, force: bool = F
                 run_id, metrics = done.info.run_id, dict(done.data.metrics)
                 print(f"[fsnn] reusing {backend} deploy run {run_id}")
             else:
-                rep = run_deploy(train_run, backend, samples=cfg.deploy.samples,
+                rep = run_deploy(version or train_run, backend, samples=cfg.deploy.samples,
                                  workers=cfg.deploy.workers, tracking_uri=uri, address=address,
                                  dataset=cfg.data.name,
                                  options=dict(cfg.backend_options.get(backend, {})))

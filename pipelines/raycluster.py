@@ -6,8 +6,10 @@ import os
 import socket
 from typing import Any
 
+from fsnn.platform.errors import FsnnError
 
-class RayConnectError(RuntimeError):
+
+class RayConnectError(FsnnError, RuntimeError):
     """Ray cannot be started or reached, or lacks the resources asked for."""
 
 

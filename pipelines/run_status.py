@@ -1,7 +1,7 @@
 """One exit discipline for every command that opens an MLflow run.
 
 ``closing_run`` wraps the work done after a run was created (or set RUNNING again): Ctrl-C (or
-SIGTERM, see :func:`terminate_as_interrupt`) marks the run KILLED and raises :class:`Interrupted`
+SIGTERM, see `terminate_as_interrupt`) marks the run KILLED and raises `Interrupted`
 with one line saying what was kept and how to continue; any other failure marks it FAILED with
 the reason in the tag ``fsnn.failure`` and re-raises. No fsnn command leaves a run RUNNING
 unless its process is killed outright (SIGKILL), and ``--resume`` continues such a run.

@@ -8,13 +8,15 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from fsnn.platform.errors import FsnnError
+
 DEFAULT_STORAGE = "runs"
 # the URI schemes pyarrow.fs.FileSystem.from_uri resolves (credentials and regions are resolved
 # when Ray writes, so they are not tried here: that would need the network)
 URI_SCHEMES = frozenset({"s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "mock"})
 
 
-class StorageError(ValueError):
+class StorageError(FsnnError, ValueError):
     """The checkpoint storage cannot be used; the message names it and the fix."""
 
 

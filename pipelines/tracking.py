@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from fsnn.pipelines.run_status import one_line
+from fsnn.platform.errors import FsnnError
 
 DEFAULT_DB = "mlflow.db"
 EXPERIMENT = "fsnn"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(FsnnError, RuntimeError):
     """MLflow is unreachable or a run lacks what was asked of it."""
 
 

@@ -16,13 +16,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from fsnn.platform.errors import FsnnError
+
 CHECKPOINT_FORMAT = "fsnn-checkpoint"
 CHECKPOINT_VERSION = 1
 META = "fsnn-checkpoint.json"
 TENSORS = "state.safetensors"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FsnnError, ValueError):
     """A checkpoint is missing, corrupt or not an fsnn checkpoint; the message says which."""
 
 

@@ -16,8 +16,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
+from fsnn.platform.errors import FsnnError
 
-class ConfigError(ValueError):
+
+class ConfigError(FsnnError, ValueError):
     """A configuration is invalid; the message names the field and the reason."""
 
 
@@ -28,12 +30,14 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    name: Literal["mnist", "fashion-mnist", "cifar10", "cifar100", "nmnist"] = "fashion-mnist"
+    name: Literal["mnist", "fashion-mnist", "cifar10", "cifar100", "nmnist"] = Field(
+        "fashion-mnist", description="data set to train and test on, read from the data cache")
     root: str | None = Field(None, description="data cache directory (default: $FSNN_DATA)")
     train_limit: int | None = Field(None, gt=0, description="use only the first N train samples")
     test_limit: int | None = Field(None, gt=0, description="use only the first N test samples")
     batch_size: int = Field(128, gt=0, description="global train batch (split across workers)")
-    test_batch_size: int = Field(200, gt=0)
+    test_batch_size: int = Field(200, gt=0, description="batch size of the test-set evaluation "
+                                 "after every epoch (per worker)")
     augment: bool = Field(False, description="random crop + flip (CIFAR)")
 
 
@@ -101,21 +105,34 @@ class MethodConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    name: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["step", "cosine", "constant"] = "step"
-    milestones: list[int] = Field(default_factory=lambda: [30, 60, 90])
-    gamma: float = Field(0.1, gt=0, le=1)
-    warmup_iters: int = Field(0, ge=0)
+    name: Literal["sgd", "adam"] = Field(
+        "sgd", description="optimiser: `sgd` (torch.optim.SGD with `momentum`) or `adam` "
+        "(torch.optim.Adam; `momentum` unused)")
+    lr: float = Field(0.05, gt=0, description="learning rate (the schedule multiplies it)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (unused by `adam`)")
+    weight_decay: float = Field(5e-4, ge=0,
+                                description="weight decay, the optimiser's `weight_decay`")
+    schedule: Literal["step", "cosine", "constant"] = Field(
+        "step", description="learning-rate factor, updated every iteration: `step` (× `gamma` "
+        "for each milestone reached), `cosine` (half a cosine from 1 to 0 over all iterations "
+        "of `train.epochs`) or `constant`")
+    milestones: list[int] = Field(
+        default_factory=lambda: [30, 60, 90], description="`step` schedule: the factor is "
+        "`gamma` to the number of milestones m with epoch ≥ m (epochs counted from 0)")
+    gamma: float = Field(0.1, gt=0, le=1,
+                         description="`step` schedule: the factor applied at each milestone")
+    warmup_iters: int = Field(0, ge=0, description="iterations of linear warm-up: iteration i "
+                              "(from 0) has the factor min(1, (i + 1) / warmup_iters) on top of "
+                              "the schedule's; 0: none")
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(100, gt=0)
-    seed: int = 0
+    epochs: int = Field(100, gt=0,
+                        description="epochs to train (in `fsnn tune` also ASHA's `max_t`)")
+    seed: int = Field(0, description="random seed: initialisation, training data order and each "
+                      "epoch's dropout masks (which depend only on the seed and the epoch)")
     num_workers: int = Field(1, gt=0, description="Ray Train workers")
-    use_gpu: bool = False
+    use_gpu: bool = Field(False, description="one GPU per Ray Train worker (`--gpu` sets it)")
     checkpoint_every: int = Field(1, gt=0, description="checkpoint every K epochs")
     max_failures: int = Field(2, ge=0, description="worker failures tolerated (Ray)")
     log_every: int = Field(50, gt=0, description="batches between progress updates")
@@ -145,11 +162,16 @@ class ParamSpace(_Strict):
     (both ends included).
     """
 
-    choice: list[Scalar] | None = Field(None, min_length=1)
-    grid: list[Scalar] | None = Field(None, min_length=1)
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
-    randint: tuple[int, int] | None = None
+    choice: list[Scalar] | None = Field(None, min_length=1,
+                                        description="sample one of these values")
+    grid: list[Scalar] | None = Field(None, min_length=1, description="try every value (a grid "
+                                      "dimension; `num_samples` repeats the whole grid)")
+    uniform: tuple[float, float] | None = Field(
+        None, description="a float drawn uniformly from [low, high]")
+    loguniform: tuple[float, float] | None = Field(
+        None, description="a float drawn log-uniformly from [low, high], 0 < low")
+    randint: tuple[int, int] | None = Field(
+        None, description="an integer from [low, high], both ends included")
 
     @model_validator(mode="after")
     def _one(self) -> ParamSpace:
@@ -197,15 +219,21 @@ class SearchConfig(_Strict):
     space: dict[str, ParamSpace] = Field(
         description="dotted config path -> distribution, e.g. optim.lr: {loguniform: [1e-3, 0.1]}")
     metric: str = Field("test_accuracy", description="a metric every trial reports per epoch")
-    mode: Literal["max", "min"] = "max"
+    mode: Literal["max", "min"] = Field(
+        "max", description="`max`: the best trial has the largest `metric`; `min`: the smallest")
     num_samples: int = Field(8, gt=0, description="trials (with grid: repeats of the grid)")
-    scheduler: Literal["asha", "none"] = "asha"
+    scheduler: Literal["asha", "none"] = Field(
+        "asha", description="`asha` (stops weak trials early: after `grace_period` epochs, "
+        "keeping 1/`reduction_factor` of them) or `none` (every trial runs `train.epochs`)")
     grace_period: int = Field(1, gt=0, description="ASHA: epochs before a trial may be stopped")
     reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep 1/reduction_factor")
-    algorithm: Literal["random", "grid", "optuna"] = "random"
+    algorithm: Literal["random", "grid", "optuna"] = Field(
+        "random", description="how trials are drawn: `random` (Ray Tune's variant generator), "
+        "`grid` (every combination of the discrete dimensions) or `optuna` (OptunaSearch)")
     max_concurrent: int | None = Field(None, gt=0, description="trials running at once")
     seed: int | None = Field(None, description="seed of the search algorithm's sampling")
-    resources: TrialResources = Field(default_factory=TrialResources)
+    resources: TrialResources = Field(default_factory=TrialResources,
+                                      description="what Ray reserves for each trial")
 
     @model_validator(mode="after")
     def _space(self) -> SearchConfig:
@@ -232,7 +260,9 @@ FORWARDS: tuple[str, ...] = ("engine", *get_args(BackendName))
 class DeployConfig(_Strict):
     """What `fsnn pipeline` deploys the trained spec to (and `fsnn deploy`'s defaults)."""
 
-    backends: list[BackendName] = Field(default_factory=lambda: ["torch", "nest"])
+    backends: list[BackendName] = Field(
+        default_factory=lambda: ["torch", "nest"], description="backends `fsnn pipeline` "
+        "deploys the trained spec to, in this order (one row of its table each)")
     samples: int = Field(300, gt=0, description="test samples per backend")
     workers: int = Field(1, gt=0, description="simulator instances (Ray actors) per backend")
 
@@ -262,26 +292,51 @@ Scalars = dict[str, bool | int | float | str]
 
 
 class Config(_Strict):
-    name: str = "fsnn"
-    model: str = "f400"
-    neuron: Literal["IF", "LIF"] = "IF"
+    name: str = Field(
+        "fsnn", description="run name: `fsnn train` names its MLflow run after it, "
+        "`fsnn pipeline` its run `pipeline-NAME`, `fsnn tune` its parent run `NAME-tune`, each "
+        "trial `NAME-TRIAL` and its default experiment `tune-NAME`. Not part of the hash by "
+        "which `fsnn pipeline` recognises a configuration it has already trained.")
+    # the reference (docs/gen/config_reference.py) appends the zoo's entries to this description
+    model: str = Field("f400", description="network from the model zoo")
+    neuron: Literal["IF", "LIF"] = Field(
+        "IF", description="neuron model of every population: `IF` (integrate-and-fire, "
+        "leak 1.0) or `LIF` (leaky, leak < 1)")
     T: int = Field(5, gt=0, description="time steps of the forward simulation")
     vth: float = Field(2.0, gt=0, description="firing threshold V_th")
     leak: float | None = Field(None, gt=0, le=1, description="LIF leak (IF: 1.0)")
-    reset: Literal["subtract", "to_value"] = "subtract"
-    dropout: float = Field(0.2, ge=0, lt=1)
-    timing: Literal["ide", "deploy"] = "ide"
-    data: DataConfig = Field(default_factory=DataConfig)
-    method: MethodConfig = Field(default_factory=MethodConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    reset: Literal["subtract", "to_value"] = Field(
+        "subtract", description="what a spike does to the membrane: `subtract` (V − V_th) or "
+        "`to_value` (V = 0, the spec's `v_reset`)")
+    dropout: float = Field(
+        0.2, ge=0, lt=1, description="dropout probability in training: one boolean mask per "
+        "sample on the input current and on each ring projection's output, the same for all T "
+        "steps, kept values scaled by 1/(1 − p). Off in evaluation and absent from the exported "
+        "spec; must be 0 with a simulator `forward`")
+    timing: Literal["ide", "deploy"] = Field(
+        "ide", description="when projections act in training's simulation: `ide` (feed-forward "
+        "projections within the step, the feedback projection one step later: the IDE "
+        "paper's) or `deploy` (every projection `delay` steps after the spike, as the backends "
+        "run the exported spec, whose projections all have delay 1)")
+    data: DataConfig = Field(default_factory=DataConfig,
+                             description="the data set and how its batches are loaded")
+    method: MethodConfig = Field(default_factory=MethodConfig, description="how training "
+                                 "differentiates through the spiking simulation")
+    optim: OptimConfig = Field(default_factory=OptimConfig,
+                               description="the optimiser and its learning-rate schedule")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the training run: "
+                               "epochs, seed, Ray workers, checkpoints and simulation speed")
     search: SearchConfig | None = Field(None, description="the space of `fsnn tune`")
-    deploy: DeployConfig = Field(default_factory=lambda: DeployConfig())
+    deploy: DeployConfig = Field(default_factory=lambda: DeployConfig(),
+                                 description="deployment of the trained spec after training")
     forward: Literal["engine"] | BackendName = Field(
         "engine", description="where training's forward rates come from: engine (the batched "
         "torch engine, with dropout and batch statistics) or a backend (hardware in the loop)")
-    hil: HILConfig = Field(default_factory=lambda: HILConfig())
-    target_eval: TargetEvalConfig = Field(default_factory=lambda: TargetEvalConfig())
+    hil: HILConfig = Field(default_factory=lambda: HILConfig(), description="the simulator "
+                           "workers of a hardware-in-the-loop `forward`")
+    target_eval: TargetEvalConfig = Field(default_factory=lambda: TargetEvalConfig(),
+                                          description="evaluation of the current spec on "
+                                          "simulators during training")
     backend_options: dict[BackendName, Scalars] = Field(
         default_factory=dict, description="constructor options per backend, e.g. "
         "spinnaker: {host: 10.0.0.2} (used by forward, target_eval and deploy)")

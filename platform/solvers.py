@@ -21,13 +21,15 @@ from dataclasses import dataclass
 
 import torch
 
+from fsnn.platform.errors import FsnnError
+
 SOLVERS = ("anderson", "broyden", "fixed_point")
 # 3, not 5: the same iterations and accuracy on F400 and F64C5 (README, 'Speed on a GPU') with
 # 40% less of the solver's memory (two [B, window, state] buffers: 456 MiB for AlexNet-F at 128)
 ANDERSON_MEMORY = 3
 
 
-class DivergenceError(FloatingPointError):
+class DivergenceError(FsnnError, FloatingPointError):
     """Training met non-finite numbers (a loss, weights or rates that are NaN or infinite):
     deterministic, so a retry would meet them again."""
 

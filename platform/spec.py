@@ -5,8 +5,8 @@ A spec is a small directory with two files:
 * ``spec.json`` – populations, projections, input encoding, readout, T and labels;
 * ``weights.safetensors`` – every tensor the JSON refers to by key.
 
-Loading never executes code (JSON + safetensors only). The in-memory form is :class:`Network`;
-:func:`save_spec` / :func:`load_spec` convert it to and from disk bit-exactly.
+Loading never executes code (JSON + safetensors only). The in-memory form is `Network`;
+`save_spec` / `load_spec` convert it to and from disk bit-exactly.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Any, Literal
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from fsnn.platform.errors import FsnnError
 
 SPEC_FORMAT = "fsnn-spec"
 SPEC_VERSION = 1
@@ -41,7 +43,7 @@ INPUT_KINDS = ("analog", "spikes")
 TIMINGS = ("ide", "deploy")
 
 
-class SpecError(ValueError):
+class SpecError(FsnnError, ValueError):
     """A spec (in memory or on disk) is malformed; the message names the field."""
 
 
@@ -227,7 +229,7 @@ def _check_tensor(name: str, t: torch.Tensor) -> None:
 
 
 def validate_network(net: Network) -> None:
-    """Check names, shapes, parameters and tensors; raise :class:`SpecError` naming the field."""
+    """Check names, shapes, parameters and tensors; raise `SpecError` naming the field."""
     if not isinstance(net.T, int) or net.T <= 0:
         raise SpecError(f"T: must be a positive integer (got {net.T!r})")
     if net.input.kind not in INPUT_KINDS:
@@ -415,7 +417,7 @@ def _readout(doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Readout:
 
 
 def network_from_json(doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Network:
-    """The :class:`Network` a spec.json document describes (SpecError naming the entry of any
+    """The `Network` a spec.json document describes (SpecError naming the entry of any
     structural mistake: a missing key, a wrong type, a list where an object belongs)."""
     if not isinstance(doc, dict) or doc.get("format") != SPEC_FORMAT:
         raise SpecError(f"{SPEC_JSON}: not an fsnn spec (format field is not {SPEC_FORMAT!r})")
@@ -451,7 +453,7 @@ def _network(doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Network:
 
 
 def load_spec(path: str | Path) -> Network:
-    """Read a spec directory written by :func:`save_spec`. Executes no code."""
+    """Read a spec directory written by `save_spec`. Executes no code."""
     root = Path(path)
     if root.is_file() and root.name in (SPEC_JSON, SPEC_WEIGHTS):
         root = root.parent

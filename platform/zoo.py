@@ -1,4 +1,4 @@
-"""The model zoo of the IDE paper (arXiv 2109.14247), built as :class:`FeedbackSNN` s.
+"""The model zoo of the IDE paper (arXiv 2109.14247), built as `FeedbackSNN` s.
 
 - ``f400`` (Fashion-MNIST): dense 784->400 with BN; feedback dense 400->400 (spectral norm).
 - ``f64c5`` (MNIST): conv 1->64 k5 s2 p2 with BN; feedback conv 64->64 k5 p2 (spectral norm).
@@ -82,6 +82,11 @@ def build_model(name: str, *, num_classes: int = 10, T: int = 30, neuron: Neuron
                 dropout: float = 0.2, input_shape: tuple[int, ...] | None = None,
                 timing: str = "ide", adjoint: AdjointConfig | None = None,
                 labels: list[str] | None = None, method: Method | None = None) -> FeedbackSNN:
+    """Model ``name`` of the zoo (see the module's list) as an untrained
+    `FeedbackSNN`: ``T`` time steps, ``neuron`` (default IF with V_th 2), ``dropout`` on every
+    projection while training, ``timing`` ``"ide"`` (training) or ``"deployment"``, the
+    training ``method`` (default IDE with ``adjoint``). ``model.eval().to_network()`` is its
+    spec."""
     if name not in ZOO:
         raise SpecError(f"model: unknown model {name!r}; known: {', '.join(sorted(ZOO))}")
     entry = ZOO[name]

@@ -44,6 +44,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in GENERATED:  # whatever an earlier `make docs` left must not count
         (tmp / "docs" / name).unlink(missing_ok=True)
     shutil.copy(ROOT / "mkdocs.yml", tmp / "mkdocs.yml")
+    from test_api_reference import link_tree
+
+    link_tree(tmp)  # the package tree the API reference is read from (make pkgtree)
     for name in GENERATED:
         script = ROOT / "docs" / "gen" / f"{Path(name).stem}_reference.py"
         _run(script.name, sys.executable, script, "--out", tmp / "docs" / name)

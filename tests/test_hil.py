@@ -53,7 +53,7 @@ def _grads(model: FeedbackSNN, x: torch.Tensor, y: torch.Tensor) -> dict[str, to
 
 
 def _pool(backend: str, dtype: torch.dtype, workers: int = 1, **kw):
-    from fsnn.pipelines.forward_pool import ForwardPool
+    from fsnn.pipelines.hil.pool import ForwardPool
 
     options = {"dtype": dtype} if backend == "torch" else {}
     return ForwardPool(backend, workers=workers, options=options, **kw)
@@ -70,7 +70,7 @@ def _batch(model: FeedbackSNN, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("kind", ["dense", "conv", "spikes"])
 def test_torch_forward_gives_the_engine_gradients_exactly(ray_local: None, kind: str) -> None:
     """forward: torch (the backend, in Ray actors, deployment timing) = the engine's IDE path."""
-    from fsnn.pipelines.forward_pool import attach
+    from fsnn.pipelines.hil.pool import attach
 
     engine = _model(kind, T=12 if kind != "spikes" else 4)
     hil = copy.deepcopy(engine)
@@ -103,7 +103,7 @@ def test_nest_forward_gives_the_torch_forward_gradients(ray_local: None, kind: s
                                                         neuron: Neuron) -> None:
     """forward: nest on the parity nets: the same spikes (and rates, bit for bit) as forward:
     torch, so exactly the same gradients (float64 end to end)."""
-    from fsnn.pipelines.forward_pool import attach
+    from fsnn.pipelines.hil.pool import attach
 
     torch_model = _model(kind, neuron=neuron, dtype=torch.float64)
     nest_model = copy.deepcopy(torch_model)
@@ -132,8 +132,8 @@ def test_nest_forward_gives_the_torch_forward_gradients(ray_local: None, kind: s
 def test_dead_simulator_worker_is_restarted_and_the_epoch_retried(ray_local: None) -> None:
     """A NEST worker killed (SIGKILL) mid-epoch: Ray restarts it, the epoch runs again from its
     start, and the result equals an epoch that was never interrupted."""
-    from fsnn.pipelines.forward_pool import attach
-    from fsnn.pipelines.hil import train_epoch_in_loop
+    from fsnn.pipelines.hil.loop import train_epoch_in_loop
+    from fsnn.pipelines.hil.pool import attach
 
     torch.manual_seed(1)
     base = _model("dense", T=8)
@@ -179,8 +179,8 @@ def test_dead_simulator_worker_is_restarted_and_the_epoch_retried(ray_local: Non
 
 
 def test_a_worker_that_stays_dead_fails_the_epoch_clearly(ray_local: None) -> None:
-    from fsnn.pipelines.forward_pool import ForwardWorkerLost, attach
-    from fsnn.pipelines.hil import train_epoch_in_loop
+    from fsnn.pipelines.hil.loop import train_epoch_in_loop
+    from fsnn.pipelines.hil.pool import ForwardWorkerLost, attach
 
     model = _model("dense", T=4)
     pool = _pool("torch", torch.float32, max_restarts=0, restart_timeout=5.0)
@@ -237,7 +237,7 @@ def test_fine_tuning_with_the_target_in_the_loop_recovers_the_deployment_loss(
     leak 0.3) loses accuracy; one short pass with that target in the loop regains at least half
     of it, while the same pass with the engine's forward (the control) does not."""
     from fsnn.backends.base import get_backend
-    from fsnn.pipelines.forward_pool import attach
+    from fsnn.pipelines.hil.pool import attach
     from fsnn.platform.data import load_dataset, make_loader
     from fsnn.platform.trainer import model_from_config, train_epoch
 
@@ -269,7 +269,7 @@ def test_fine_tuning_with_the_target_in_the_loop_recovers_the_deployment_loss(
         model.set_rate_source(None)
         return model
 
-    from fsnn.pipelines.forward_pool import ForwardPool
+    from fsnn.pipelines.hil.pool import ForwardPool
 
     reference, before = acc(base, "torch", {}), acc(base, "spinnaker-emulated", target)
     lost = reference - before
@@ -289,7 +289,7 @@ def test_fine_tuning_with_the_target_in_the_loop_recovers_the_deployment_loss(
 def test_in_training_evaluation_on_backends(ray_local: None) -> None:
     """target_eval: the spec on NEST (through the forward's own pool) and on the emulated board
     (its own Ray actor), accuracy and agreement against the torch reference."""
-    from fsnn.pipelines.hil import evaluate_targets
+    from fsnn.pipelines.hil.loop import evaluate_targets
     from fsnn.platform.engine import readout, simulate
 
     cfg = load_config(None, ["target_eval.every=1",
@@ -334,7 +334,7 @@ def test_train_command_line_checks(tmp_path, capsys: pytest.CaptureFixture[str])
 def test_a_simulator_worker_that_cannot_start_is_named(ray_local: None) -> None:
     """On the actor's own node: a constructor error (here an unknown option) says what failed."""
     from fsnn.backends.base import BackendError
-    from fsnn.pipelines.forward_pool import ForwardPool
+    from fsnn.pipelines.hil.pool import ForwardPool
 
     with pytest.raises(BackendError, match=r"could not start a nest simulator worker: "
                                            r".*BackendError: .*unknown option 'bogus'"):

@@ -357,12 +357,27 @@ def test_kuberay_validator_rejects_broken_copy(
 
 
 def _entrypoint(doc: Doc) -> dict[str, Any]:
+    """The entrypoint's options, after fsnn's own parser accepted it and its config loaded.
+    A search's trial asks for its GPUs in the config (search.resources.gpus), a training run's
+    workers with --num-workers N --gpu."""
+    from fsnn.pipelines.cli import build_parser
+    from fsnn.platform.config import load_config
+
     argv = shlex.split(doc["spec"]["entrypoint"])
     assert argv[:1] == ["fsnn"] and argv[1] in {"train", "tune"}, argv
-    opts: dict[str, Any] = {"command": argv[1], "config": argv[2], "gpu": "--gpu" in argv}
+    args = build_parser().parse_args(argv[1:])  # SystemExit on an option fsnn does not take
+    assert args.config.startswith("/opt/fsnn/configs/"), args.config
+    cfg = load_config(REPO / args.config.removeprefix("/opt/fsnn/"), args.set)
+    opts: dict[str, Any] = {"command": argv[1], "config": args.config,
+                            "--address": args.address, "--storage": args.storage}
+    if args.command == "train":
+        opts["gpu"], opts["--num-workers"] = args.gpu, args.num_workers
+    else:
+        assert cfg.search is not None, f"{args.config} has no search: section"
+        opts["gpu"] = cfg.search.resources.gpus > 0
+        opts["--num-workers"] = int(cfg.search.resources.gpus)
     for flag in ("--address", "--num-workers", "--storage"):
-        assert flag in argv, f"entrypoint lacks {flag}: {argv}"
-        opts[flag] = argv[argv.index(flag) + 1]
+        assert opts[flag], f"entrypoint lacks {flag}: {argv}"
     return opts
 
 

@@ -21,9 +21,9 @@ import torch
 from nets import dense_net, uniform
 
 from fsnn.backends.base import BackendError, BatchResult, fan_out
-from fsnn.backends.nest_backend import NestBackend
-from fsnn.backends.nest_cells import leak_to_tau
-from fsnn.backends.nest_connect import expand
+from fsnn.backends.connections import expand
+from fsnn.backends.nest.backend import NestBackend
+from fsnn.backends.nest.cells import leak_to_tau
 from fsnn.backends.torch_backend import TorchBackend
 from fsnn.platform.engine import apply_projection, readout, simulate
 from fsnn.platform.spec import (

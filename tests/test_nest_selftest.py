@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from fsnn.backends import nest_selftest
 from fsnn.backends.base import BackendError
-from fsnn.backends.nest_backend import NestBackend, Timeline
-from fsnn.backends.nest_cells import NEST_MODELS
-from fsnn.backends.nest_selftest import (
+from fsnn.backends.nest import selftest as nest_selftest
+from fsnn.backends.nest.backend import NestBackend, Timeline
+from fsnn.backends.nest.cells import NEST_MODELS
+from fsnn.backends.nest.selftest import (
     PIN,
     Trains,
     analog_case,
@@ -77,7 +77,7 @@ def altered(change: Callable[[Network], Network]) -> Callable[[Network, torch.Te
 
 
 def test_selftest_passes_on_the_installed_nest() -> None:
-    result = run_selftest()
+    result = run_selftest(NestBackend)
     assert result.version == nest.__version__
     assert result.spikes > 250  # busy enough that a wrong update order shows
 
@@ -101,10 +101,10 @@ def test_cases_are_busy_and_discriminating() -> None:
 
 
 def test_probe_runs_it_once_per_process(fresh_outcome: None) -> None:
-    first = ensure_selftest()
+    first = ensure_selftest(NestBackend)
     backend = NestBackend()
     backend.probe()
-    assert first is not None and ensure_selftest() is first
+    assert first is not None and ensure_selftest(NestBackend) is first
     assert len(nest_selftest._OUTCOME) == 1 and nest_selftest._OUTCOME[0] is first
 
 
@@ -116,7 +116,7 @@ def test_probe_runs_it_once_per_process(fresh_outcome: None) -> None:
 def test_refuses_a_different_semantics(change: Callable[[Network], Network], model: str,
                                        population: str) -> None:
     with pytest.raises(BackendError) as err:
-        run_selftest(altered(change))
+        run_selftest(NestBackend, altered(change))
     msg = str(err.value)
     assert f"NEST {nest.__version__} does not reproduce" in msg
     assert f"{model}, population {population!r}" in msg
@@ -161,4 +161,4 @@ def test_refuses_a_broken_reset_between_samples(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(Timeline, "control_times", no_reset)
     with pytest.raises(BackendError, match=f"NEST {nest.__version__}.*'analog' case"):
-        run_selftest()
+        run_selftest(NestBackend)

@@ -25,8 +25,8 @@ from test_nest_parity import (  # also sets PYNEST_QUIET and skips without NEST
 from test_nest_parity import LIF90 as LIF
 
 from fsnn.backends.base import BatchResult
-from fsnn.backends.nest_backend import NestBackend
-from fsnn.backends.nest_connect import expand
+from fsnn.backends.connections import expand
+from fsnn.backends.nest.backend import NestBackend
 from fsnn.platform.engine import readout, simulate
 from fsnn.platform.spec import Network, Neuron, Projection
 
@@ -292,7 +292,7 @@ def test_update_without_a_network_builds(backend: NestBackend) -> None:
 
 def test_update_in_chunks(backend: NestBackend, monkeypatch: pytest.MonkeyPatch) -> None:
     """Handles read and weights set in many small chunks (as for millions of synapses)."""
-    import fsnn.backends.nest_update as nest_update
+    import fsnn.backends.nest.update as nest_update
 
     monkeypatch.setattr(nest_update, "CHUNK_SYNAPSES", 97)
     a = _conv_net(IF, seed=31, spikes=True)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from trainrun import runs, steps, train, wait_for_epochs
 
-from fsnn.pipelines.train import checkpoints_in
+from fsnn.pipelines.train.resume import checkpoints_in
 from fsnn.platform.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow

@@ -15,8 +15,8 @@ from servers import mlflow_server
 from fsnn.pipelines.run_status import FAILURE_TAG, Interrupted, closing_run
 from fsnn.pipelines.storage import StorageError, check_storage
 from fsnn.pipelines.tracking import TrackingError, check_tracking_uri, client, create_run
-from fsnn.pipelines.train import RAY_SNAPSHOT, set_aside_stale_snapshot
-from fsnn.pipelines.train_worker import epoch_seed, newest_state
+from fsnn.pipelines.train.resume import RAY_SNAPSHOT, set_aside_stale_snapshot
+from fsnn.pipelines.train.worker import epoch_seed, newest_state
 from fsnn.platform.checkpoint import TrainingState, save_checkpoint
 from fsnn.platform.solvers import SOLVERS, DivergenceError, anderson, broyden, fixed_point
 from fsnn.platform.trainer import train_epoch

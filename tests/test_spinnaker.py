@@ -20,16 +20,16 @@ from nets import dense_net
 from test_nest_parity import IF, LIF90, LIF95, TO_VALUE, analog_input, conv_net
 
 from fsnn.backends.base import BackendError, get_backend
-from fsnn.backends.spinnaker_backend import (
+from fsnn.backends.spinnaker.backend import (
     VIRTUAL_RUN,
     SpinnakerBackend,
     parse_energy,
     synapse_lists,
 )
-from fsnn.backends.spinnaker_capacity import analytic
-from fsnn.backends.spinnaker_cfg import cfg_text, select_machine
-from fsnn.backends.spinnaker_emulation import SpinnakerEmulatedBackend
-from fsnn.backends.spinnaker_plan import plan_scales, ring_buffer_shift
+from fsnn.backends.spinnaker.capacity import analytic
+from fsnn.backends.spinnaker.cfg import cfg_text, select_machine
+from fsnn.backends.spinnaker.emulation import SpinnakerEmulatedBackend
+from fsnn.backends.spinnaker.plan import plan_scales, ring_buffer_shift
 from fsnn.backends.torch_backend import TorchBackend
 from fsnn.platform.spec import (
     INPUT,
@@ -154,7 +154,7 @@ def test_silent_board_times_out_within_the_probe_timeout() -> None:
     """A host that takes SCP packets but never answers (a UDP socket we hold on the SCP port)."""
     import socket
 
-    from fsnn.backends.spinnaker_cfg import SCP_PORT
+    from fsnn.backends.spinnaker.cfg import SCP_PORT
 
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -267,8 +267,8 @@ class _FakeBoard:
 
 
 def test_board_run_feeds_each_sample_and_tallies_its_spikes(tmp_path: Path) -> None:
-    from fsnn.backends.spinnaker_cfg import Session
-    from fsnn.backends.spinnaker_plan import plan_network
+    from fsnn.backends.spinnaker.cfg import Session
+    from fsnn.backends.spinnaker.plan import plan_network
 
     net = dense_net(T=6)
     backend = SpinnakerBackend(host="spinn.example.org")

@@ -189,7 +189,7 @@ def test_bad_search_inputs_fail_before_any_trial(tmp_path: Path, tracking: str,
 def test_space_becomes_tune_distributions_and_leak_sets_the_neuron() -> None:
     from ray.tune.search.sample import Categorical, Float, Integer
 
-    from fsnn.pipelines.tune import expected_trials, param_space
+    from fsnn.pipelines.tune.search import expected_trials, param_space
     from fsnn.platform.config import config_from_dict, trial_config
 
     space = {"T": {"choice": [4, 8]}, "vth": {"uniform": [0.5, 3.0]},

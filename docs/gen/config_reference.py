@@ -2,10 +2,9 @@
 
 Every field of ``Config`` and of its nested sections (``data``, ``method``, ..., ``search``,
 ``search.space.<key>``, ``search.resources``) is found by walking the models: its type, bounds
-and default come from the model, its description from ``Field(description=...)``. Fields whose
-model has no description yet take theirs from ``FALLBACK`` below; an entry there for a field
-that has gained a description (or no longer exists) is an error, so the two cannot drift apart.
-Run by ``make docs``:
+and default come from the model, its description from ``Field(description=...)`` (a field
+without one is an error: platform/config.py is the only place descriptions are written; the
+``model`` field's gets the model zoo's entries appended). Run by ``make docs``:
 
     python docs/gen/config_reference.py [--out docs/reference/config.md]
 """
@@ -29,64 +28,6 @@ from pydantic.fields import FieldInfo
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "docs" / "reference" / "config.md"
 KEY = "<key>"  # stands for a mapping's key in a dotted path: search.space.<key>.choice
-
-# Descriptions of fields whose model gives none (platform/config.py is the place for them:
-# once a field has Field(description=...), its entry here must go).
-FALLBACK: dict[str, str] = {
-    "name": "run name: `fsnn train` names its MLflow run after it, `fsnn pipeline` its run "
-            "`pipeline-NAME`, `fsnn tune` its parent run `NAME-tune`, each trial `NAME-TRIAL` "
-            "and its default experiment `tune-NAME`. Not part of the hash by which "
-            "`fsnn pipeline` recognises a configuration it has already trained.",
-    "model": "network from the model zoo: {zoo}",
-    "neuron": "neuron model of every population: `IF` (integrate-and-fire, leak 1.0) or `LIF` "
-              "(leaky, leak < 1)",
-    "reset": "what a spike does to the membrane: `subtract` (V − V_th) or `to_value` "
-             "(V = 0, the spec's `v_reset`)",
-    "dropout": "dropout probability in training: one boolean mask per sample on the input "
-               "current and on each ring projection's output, the same for all T steps, kept "
-               "values scaled by 1/(1 − p). Off in evaluation and absent from the exported spec; "
-               "must be 0 with a simulator `forward`",
-    "timing": "when projections act in training's simulation: `ide` (feed-forward projections "
-              "within the step, the feedback projection one step later: the IDE paper's) or "
-              "`deploy` (every projection `delay` steps after the spike, as the backends run the "
-              "exported spec, whose projections all have delay 1)",
-    "data.name": "data set to train and test on, read from the data cache",
-    "data.test_batch_size": "batch size of the test-set evaluation after every epoch (per "
-                            "worker)",
-    "optim.name": "optimiser: `sgd` (torch.optim.SGD with `momentum`) or `adam` "
-                  "(torch.optim.Adam; `momentum` unused)",
-    "optim.lr": "learning rate (the schedule multiplies it)",
-    "optim.momentum": "SGD momentum (unused by `adam`)",
-    "optim.weight_decay": "weight decay, the optimiser's `weight_decay`",
-    "optim.schedule": "learning-rate factor, updated every iteration: `step` (× `gamma` for each "
-                      "milestone reached), `cosine` (half a cosine from 1 to 0 over all "
-                      "iterations of `train.epochs`) or `constant`",
-    "optim.milestones": "`step` schedule: the factor is `gamma` to the number of milestones m "
-                        "with epoch ≥ m (epochs counted from 0)",
-    "optim.gamma": "`step` schedule: the factor applied at each milestone",
-    "optim.warmup_iters": "iterations of linear warm-up: iteration i (from 0) has the factor "
-                          "min(1, (i + 1) / warmup_iters) on top of the schedule's; 0: none",
-    "train.epochs": "epochs to train (in `fsnn tune` also ASHA's `max_t`)",
-    "train.seed": "random seed: initialisation, training data order and each epoch's dropout "
-                  "masks (which depend only on the seed and the epoch)",
-    "train.use_gpu": "one GPU per Ray Train worker (`--gpu` sets it)",
-    f"search.space.{KEY}.choice": "sample one of these values",
-    f"search.space.{KEY}.grid": "try every value (a grid dimension; `num_samples` repeats "
-                                "the whole grid)",
-    f"search.space.{KEY}.uniform": "a float drawn uniformly from [low, high]",
-    f"search.space.{KEY}.loguniform": "a float drawn log-uniformly from [low, high], "
-                                      "0 < low",
-    f"search.space.{KEY}.randint": "an integer from [low, high], both ends included",
-    "search.mode": "`max`: the best trial has the largest `metric`; `min`: the smallest",
-    "search.scheduler": "`asha` (stops weak trials early: after `grace_period` epochs, keeping "
-                        "1/`reduction_factor` of them) or `none` (every trial runs "
-                        "`train.epochs`)",
-    "search.algorithm": "how trials are drawn: `random` (Ray Tune's variant generator), `grid` "
-                        "(every combination of the discrete dimensions) or `optuna` "
-                        "(OptunaSearch)",
-    "deploy.backends": "backends `fsnn pipeline` deploys the trained spec to, in this order "
-                       "(one row of its table each)",
-}
 
 # Rules the models' validators enforce across fields (platform/config.py: Config._leak,
 # _check_forward, MethodConfig._fields_of_the_method, SearchConfig._space, ParamSpace._one).
@@ -234,26 +175,19 @@ def method_of(path: str) -> str | None:
 
 
 def descriptions(all_sections: list[Section]) -> dict[str, str]:
-    """Every leaf's description: the model's, else FALLBACK's (checked for staleness)."""
-    from fsnn.platform.zoo import ZOO
-
-    zoo = "; ".join(f"`{name}` ({entry.description})" for name, entry in ZOO.items())
+    """Every leaf's description, from its model's ``Field(description=...)``."""
     out: dict[str, str] = {}
     for s in all_sections:
         for path, f in leaves(s):
-            if f.description:
-                if path in FALLBACK:
-                    raise SystemExit(f"config_reference: {path} has a description in the model "
-                                     "now; remove its FALLBACK entry")
-                out[path] = f.description
-            elif path in FALLBACK:
-                out[path] = FALLBACK[path].format(zoo=zoo)
-            else:
+            if not f.description:
                 raise SystemExit(f"config_reference: {path} has no description; give it "
                                  "Field(description=...) in platform/config.py")
-    stale = sorted(set(FALLBACK) - set(out))
-    if stale:
-        raise SystemExit(f"config_reference: FALLBACK names fields that do not exist: {stale}")
+            out[path] = f.description
+    if "model" in out:  # the zoo's entries, which platform/config.py does not import
+        from fsnn.platform.zoo import ZOO
+
+        zoo = "; ".join(f"`{name}` ({entry.description})" for name, entry in ZOO.items())
+        out["model"] = f"{out['model']}: {zoo}"
     return out
 
 

@@ -36,17 +36,13 @@ tends to IDE's (with trainable thresholds) as K grows when the loop is contracti
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from fsnn.platform.engine import Circuit, population_input
-from fsnn.platform.methods.base import Method
+from fsnn.platform.methods.base import Method, RateModel
 from fsnn.platform.spec import Neuron, SpecError
-
-if TYPE_CHECKING:
-    from fsnn.platform.model import FeedbackSNN
 
 
 class DSRMethod(Method):
@@ -88,7 +84,7 @@ class DSRMethod(Method):
     def spike_value(self, population: str) -> torch.Tensor:
         return self.v_th[population] / self.v0[population]
 
-    def rates(self, model: FeedbackSNN, circuit: Circuit, T: int,
+    def rates(self, model: RateModel, circuit: Circuit, T: int,
               spike_input: torch.Tensor | None,
               input_rate: torch.Tensor | None) -> dict[str, torch.Tensor]:
         simulated = model.simulate(circuit, T, spike_input)
@@ -110,7 +106,7 @@ class DSRMethod(Method):
             previous = current
         return previous
 
-    def stats(self, model: FeedbackSNN) -> dict[str, float]:
+    def stats(self, model: RateModel) -> dict[str, float]:
         return {f"dsr_vth_{k}": float(v.detach()) for k, v in self.v_th.items()}
 
     def extra_repr(self) -> str:

@@ -9,28 +9,23 @@ equilibrium map ``a = clamp((W a + c) / V_th, 0, 1)`` at the simulated rates (se
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from fsnn.platform.engine import Circuit
-from fsnn.platform.methods.base import Method
-
-if TYPE_CHECKING:
-    from fsnn.platform.model import FeedbackSNN
+from fsnn.platform.methods.base import Method, RateModel
 
 
 class IDEMethod(Method):
     name = "ide"
     external_forward = True
 
-    def rates(self, model: FeedbackSNN, circuit: Circuit, T: int,
+    def rates(self, model: RateModel, circuit: Circuit, T: int,
               spike_input: torch.Tensor | None,
               input_rate: torch.Tensor | None) -> dict[str, torch.Tensor]:
         return model.implicit(circuit, model.simulate(circuit, T, spike_input), input_rate)
 
-    def stats(self, model: FeedbackSNN) -> dict[str, float]:
+    def stats(self, model: RateModel) -> dict[str, float]:
         return model.adjoint_log.summary()
 
-    def reset_stats(self, model: FeedbackSNN) -> None:
+    def reset_stats(self, model: RateModel) -> None:
         model.adjoint_log.reset()

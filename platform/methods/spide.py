@@ -36,17 +36,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import torch
 
 from fsnn.platform.engine import Circuit, simulate_circuit
 from fsnn.platform.ide import JTProduct, attach_implicit_gradient
-from fsnn.platform.methods.base import Method
+from fsnn.platform.methods.base import Method, RateModel
 from fsnn.platform.spec import Neuron, SpecError
-
-if TYPE_CHECKING:
-    from fsnn.platform.model import FeedbackSNN
 
 
 @dataclass
@@ -118,7 +114,7 @@ class SPIDEMethod(Method):
     def neuron(self, population: str, base: Neuron) -> Neuron:
         return replace(base, v_init=base.v_th / 2) if self.modified_reset else base
 
-    def rates(self, model: FeedbackSNN, circuit: Circuit, T: int,
+    def rates(self, model: RateModel, circuit: Circuit, T: int,
               spike_input: torch.Tensor | None,
               input_rate: torch.Tensor | None) -> dict[str, torch.Tensor]:
         if self.forward_warmup >= T:
@@ -130,7 +126,7 @@ class SPIDEMethod(Method):
         point = sim.window_rates if sim.window_rates is not None else sim.rates
         return self.attach_gradient(model, circuit, sim.rates, point, input_rate)
 
-    def attach_gradient(self, model: FeedbackSNN, circuit: Circuit,
+    def attach_gradient(self, model: RateModel, circuit: Circuit,
                         value: dict[str, torch.Tensor], point: dict[str, torch.Tensor],
                         input_rate: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Rates with the value ``value`` and the spike-based implicit gradient at ``point``."""
@@ -146,10 +142,10 @@ class SPIDEMethod(Method):
             model.flatten_rates(point), live, frozen, spiking_solve,
             value=model.flatten_rates(value)))
 
-    def stats(self, model: FeedbackSNN) -> dict[str, float]:
+    def stats(self, model: RateModel) -> dict[str, float]:
         return self.log.summary()
 
-    def reset_stats(self, model: FeedbackSNN) -> None:
+    def reset_stats(self, model: RateModel) -> None:
         self.log.solves.clear()
 
     def extra_repr(self) -> str:

@@ -14,16 +14,13 @@ Surrogates (``x = v - V_th``, width ``w`` in units of V_th, so ``a = w V_th``):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
 from fsnn.platform.engine import Circuit, SpikeFn, simulate_circuit
-from fsnn.platform.methods.base import Method
+from fsnn.platform.methods.base import Method, RateModel
 from fsnn.platform.spec import SpecError
-
-if TYPE_CHECKING:
-    from fsnn.platform.model import FeedbackSNN
 
 Surrogate = Literal["rectangle", "sigmoid"]
 SURROGATES = ("rectangle", "sigmoid")
@@ -75,7 +72,7 @@ class TSBPMethod(Method):
         self.reset_grad = reset_grad
         self._spike = surrogate_spike(surrogate, width)
 
-    def rates(self, model: FeedbackSNN, circuit: Circuit, T: int,
+    def rates(self, model: RateModel, circuit: Circuit, T: int,
               spike_input: torch.Tensor | None,
               input_rate: torch.Tensor | None) -> dict[str, torch.Tensor]:
         sim = simulate_circuit(circuit, T, batch=circuit.batch_size(spike_input),

@@ -8,7 +8,7 @@ Two sources of numbers, reported the same way (:class:`CapacityReport`):
   256 synapses, sPyNNaker's limit (``MasterPopTableAsBinarySearch``); the chips are filled
   core by core;
 * **sPyNNaker's own mapping** on a virtual machine of the configured size
-  (:mod:`fsnn.backends.spinnaker_backend` reads the placements).
+  (:mod:`fsnn.backends.spinnaker.backend` reads the placements).
 
 Per chip, as placed on sPyNNaker's virtual SpiNN-5 and SpiNN-3 machines (measured): core 0
 runs the monitor, one core an extra monitor, the Ethernet chip also a packet gatherer, and with
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import torch
 
 from fsnn.backends.base import BackendError
-from fsnn.backends.spinnaker_cfg import Machine
-from fsnn.backends.spinnaker_plan import signed_part, spiking
+from fsnn.backends.spinnaker.cfg import Machine
+from fsnn.backends.spinnaker.plan import signed_part, spiking
 from fsnn.platform.engine import apply_projection
 from fsnn.platform.spec import INPUT, Network, Projection
 

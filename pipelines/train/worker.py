@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from fsnn.pipelines.progress import Event
-from fsnn.pipelines.training import build_training, epoch_metrics, log_final_artifacts
+from fsnn.pipelines.train.recipe import build_training, epoch_metrics, log_final_artifacts
 from fsnn.platform.checkpoint import (
     CheckpointError,
     TrainingState,
@@ -30,7 +30,7 @@ from fsnn.platform.data import DataError
 from fsnn.platform.solvers import DivergenceError
 from fsnn.platform.trainer import evaluate, train_epoch
 
-# failures that a retry meets again: they end the run at once (see pipelines/ray_trainer.py)
+# failures that a retry meets again: they end the run at once (see pipelines/train/ray_trainer.py)
 DETERMINISTIC = (ConfigError, DataError, CheckpointError, DivergenceError)
 
 
@@ -102,7 +102,7 @@ def _progress(cfg: Any, epoch: int, batches: int, push: Callable[[Event], None]
 
 def train_loop(loop: dict[str, Any]) -> None:
     """Ray Train's worker function; a deterministic failure ends the run without retries."""
-    from fsnn.pipelines.ray_trainer import FatalTrainingError
+    from fsnn.pipelines.train.ray_trainer import FatalTrainingError
 
     try:
         _train(loop)
@@ -155,7 +155,7 @@ def _train(loop: dict[str, Any]) -> None:
         start, history = state.epoch, state.history
     elif loop.get("init"):  # fine-tuning: the weights of a trained run, a fresh optimiser
         model.load_state_dict(load_checkpoint(loop["init"]).model)
-    from fsnn.pipelines.hil import (
+    from fsnn.pipelines.hil.loop import (
         due,
         evaluate_targets,
         open_forward,

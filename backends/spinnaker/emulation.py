@@ -1,6 +1,6 @@
 """``spinnaker-emulated``: a batched torch emulation of what a SpiNNaker board computes.
 
-The numbers come from :mod:`fsnn.backends.spinnaker_plan` (the same plan the board backend
+The numbers come from :mod:`fsnn.backends.spinnaker.plan` (the same plan the board backend
 loads): per step, each population's excitatory and inhibitory ring buffers sum the 16-bit
 weight words of the spikes that arrive (delay d: spikes of step t - d), saturating at 65535;
 the neuron reads ``(exc << shift_e) - (inh << shift_i) + i_offset`` in s16.15 and updates its
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from fsnn.backends.base import BackendError, BatchResult
-from fsnn.backends.spinnaker_plan import (
+from fsnn.backends.spinnaker.plan import (
     DEFAULT_IF_LEAK,
     RB_MAX,
     NeuronPlan,

@@ -1,9 +1,9 @@
 """``spinnaker``: a spec on SpiNNaker through PyNN (``pyNN.spiNNaker``, sPyNNaker 1!7.4.1).
 
-How the spec maps (neurons, fixed point, delays, currents): :mod:`fsnn.backends.spinnaker_plan`.
-Which machine and which cfg: :mod:`fsnn.backends.spinnaker_cfg`. Capacity:
-:mod:`fsnn.backends.spinnaker_capacity`. What the board will compute, emulated in torch:
-:mod:`fsnn.backends.spinnaker_emulation` (backend ``spinnaker-emulated``).
+How the spec maps (neurons, fixed point, delays, currents): :mod:`fsnn.backends.spinnaker.plan`.
+Which machine and which cfg: :mod:`fsnn.backends.spinnaker.cfg`. Capacity:
+:mod:`fsnn.backends.spinnaker.capacity`. What the board will compute, emulated in torch:
+:mod:`fsnn.backends.spinnaker.emulation` (backend ``spinnaker-emulated``).
 
 * **Synapses**: every spiking projection becomes two ``FromListConnector`` projections (its
   positive weights onto the ``excitatory`` receptor, the magnitudes of its negative weights onto
@@ -46,16 +46,16 @@ import numpy as np
 import torch
 
 from fsnn.backends.base import BackendError, BatchResult
-from fsnn.backends.nest_connect import expand
-from fsnn.backends.spinnaker_capacity import (
+from fsnn.backends.connections import expand
+from fsnn.backends.spinnaker.capacity import (
     SOURCE_NEURONS_PER_CORE,
     CapacityReport,
     PopulationLoad,
     analytic,
 )
-from fsnn.backends.spinnaker_cfg import Machine, Session, probe, select_machine
-from fsnn.backends.spinnaker_emulation import check_spike_input
-from fsnn.backends.spinnaker_plan import DEFAULT_IF_LEAK, Plan, plan_network, spiking
+from fsnn.backends.spinnaker.cfg import Machine, Session, probe, select_machine
+from fsnn.backends.spinnaker.emulation import check_spike_input
+from fsnn.backends.spinnaker.plan import DEFAULT_IF_LEAK, Plan, plan_network, spiking
 from fsnn.platform.counting import synaptic_events
 from fsnn.platform.engine import circuit_from_network, rate_normaliser, readout
 from fsnn.platform.spec import INPUT, Network

@@ -1,11 +1,11 @@
 """The NEST engine: runs a spec spike for spike like the torch engine's deployment timing.
 
 Built through PyNN (``pyNN.nest``), in the NEST kernel PyNN sets up: ``sim.setup``, populations
-of ``native_cell_type`` neurons (:mod:`fsnn.backends.nest_cells`), ``sim.run``. Some parts go to
+of ``native_cell_type`` neurons (:mod:`fsnn.backends.nest.cells`), ``sim.run``. Some parts go to
 NEST directly, still inside that kernel, each for a measured reason:
 
 * **synapses** are created with ``nest.Connect`` on index arrays, one call per kernel offset
-  (:mod:`fsnn.backends.nest_connect`): PyNN's ``FromListConnector`` takes ~1.3 s for 160 k
+  (:mod:`fsnn.backends.connections`): PyNN's ``FromListConnector`` takes ~1.3 s for 160 k
   synapses (70x slower), and PyNN's ``StaticSynapse`` rescales weights (x1000 into native cells,
   and x1e-3 back into standard ones, which changes 14% of float64 weights by an ulp);
 * **spike sources** are plain ``spike_generator`` nodes (PyNN's ``SpikeSourceArray`` adds a
@@ -14,7 +14,7 @@ NEST directly, still inside that kernel, each for a measured reason:
   queries per call, 36% of F400's time when a batch runs one sample per call;
 * **spikes** are read from one ``spike_recorder`` (4x faster than ``get_data`` and neo).
 
-How the semantics map (the neuron models are in :mod:`fsnn.backends.nest_cells`):
+How the semantics map (the neuron models are in :mod:`fsnn.backends.nest.cells`):
 
 ======================  =====================================================================
 spec                    NEST
@@ -59,7 +59,7 @@ for F400's 160 k, 16x its build). Setting is also a dict per synapse: ~1 us each
 
 **Self-test**: whether NEST's models update as this mapping assumes depends on the installed
 NEST (``eprop_iaf``'s update order has changed between versions), so :meth:`NestBackend.probe`,
-and a process's first build, run :mod:`fsnn.backends.nest_selftest` once: tiny specs through
+and a process's first build, run :mod:`fsnn.backends.nest.selftest` once: tiny specs through
 this backend, spike steps compared with the torch engine's; a NEST that disagrees is refused.
 
 NEST holds one network per process: building a second :class:`NestBackend` in the same process
@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -85,16 +84,17 @@ import numpy as np
 import torch
 
 from fsnn.backends.base import BackendError, BatchResult, synaptic_events
-from fsnn.backends.nest_cells import (
+from fsnn.backends.connections import expand
+from fsnn.backends.nest.cells import (
     NEST_MODELS,
     V_FLOOR,
     CellPlan,
     native_cell_type,
     plan_network,
 )
-from fsnn.backends.nest_connect import expand
-from fsnn.backends.nest_update import (
-    SynapseGroup,
+from fsnn.backends.nest.kernel import Kernel, NestPopulation
+from fsnn.backends.nest.simulator import load_simulator
+from fsnn.backends.nest.update import (
     find_projection_synapses,
     layout,
     same_synapses,
@@ -103,24 +103,9 @@ from fsnn.backends.nest_update import (
 from fsnn.platform.engine import circuit_from_network, rate_normaliser, readout
 from fsnn.platform.spec import INPUT, Network
 
-INSTALL = "pip install 'fsnn[nest]'"
 CLAMP_PULSE = -(2.0**66)  # any V plus this (plus in-flight input) ends below the floor
 LEAD_IN = 2  # steps between "now" and a batch's first prelude step (clock: generator + parrot)
 CHUNK_SPIKES = 4_000_000  # input generator spikes set at once (bounds their memory)
-
-
-def load_simulator() -> tuple[ModuleType, ModuleType]:
-    """Import ``pyNN.nest`` and ``nest`` (quietly), or say how to install them."""
-    os.environ.setdefault("PYNEST_QUIET", "1")  # no banner on import
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PyNN: "Cannot find nest-config" (no extensions)
-            import nest
-            import pyNN.nest as sim
-    except ImportError as exc:
-        raise BackendError(f"the NEST backend needs PyNN and NEST ({exc}); install them with: "
-                           f"{INSTALL}") from exc
-    return sim, nest
 
 
 @contextmanager
@@ -195,39 +180,6 @@ class Timeline:
         return [{"spike_times": times[bounds[j]:bounds[j + 1]]} for j in range(counts.shape[2])]
 
 
-@dataclass
-class _Population:
-    name: str
-    shape: tuple[int, ...]
-    leak: float
-    ids: np.ndarray  # NEST node ids in flat (C-order) neuron order, ascending
-    nodes: Any  # NodeCollection
-    clock: Any | None = None  # SynapseCollection of clock synapses (None: no constant current)
-    clock_order: np.ndarray | None = None  # flat neuron index of each clock synapse
-
-
-@dataclass
-class _Kernel:
-    """What a built network holds: handles into the PyNN-managed NEST kernel."""
-
-    sim: ModuleType
-    nest: ModuleType
-    net: Network  # float64 copy of the spec
-    populations: list[_Population]
-    control: Any  # generators: clamp, restore, v_init
-    clock: Any  # the clock's generator
-    inputs: Any | None  # input generators (spike input only)
-    recorder: Any
-    max_delay: int
-    gid_sorted: np.ndarray  # every neuron id, sorted, and for each its population and index
-    gid_pop: np.ndarray
-    gid_index: np.ndarray
-    # for update(): handles on the projections' synapses, taken at the first update (None: not
-    # yet; []: nothing to set), and whether they can be told apart (False: build anew)
-    synapses: list[SynapseGroup] | None = None
-    updatable: bool = True
-
-
 _OWNER: list[NestBackend] = []  # the backend whose network is in this process's NEST kernel
 
 
@@ -241,7 +193,7 @@ class NestBackend:
             raise BackendError(f"threads must be >= 1 (got {threads})")
         self.threads = threads
         self.in_place = in_place
-        self._kernel: _Kernel | None = None
+        self._kernel: Kernel | None = None
         self.build_time: float | None = None
         self.update_time: float | None = None
         self.synapse_count = 0
@@ -250,7 +202,7 @@ class NestBackend:
         """Raise BackendError unless PyNN and NEST import (else saying how to install them)
         and NEST reproduces the semantics this backend relies on.
 
-        The check is :mod:`fsnn.backends.nest_selftest`: two tiny specs (IF and LIF with reset
+        The check is :mod:`fsnn.backends.nest.selftest`: two tiny specs (IF and LIF with reset
         by subtraction on ``eprop_iaf``, reset to a value on ``iaf_psc_delta``, delays 1 and 2,
         constant currents through the clock neuron, input spike trains, the per-sample reset)
         built and run through this backend, their spike steps compared with the torch engine's.
@@ -259,9 +211,9 @@ class NestBackend:
         SpiNNaker has no such self-test: sPyNNaker's virtual board maps a network but simulates
         nothing (its recordings come back empty), so only a real board could be checked.
         """
-        from fsnn.backends.nest_selftest import ensure_selftest
+        from fsnn.backends.nest.selftest import ensure_selftest
 
-        ensure_selftest()
+        ensure_selftest(NestBackend)
 
     def check(self, net: Network) -> None:
         """Refuse a spec NEST cannot express (BackendError naming the population); no NEST."""
@@ -276,9 +228,9 @@ class NestBackend:
         plans = plan_network(net)
         net.validate()
         sim, nest = load_simulator()
-        from fsnn.backends.nest_selftest import ensure_selftest
+        from fsnn.backends.nest.selftest import ensure_selftest
 
-        ensure_selftest()  # once per process, before the first build replaces the kernel
+        ensure_selftest(NestBackend)  # once per process, before the first build replaces the kernel
         start = time.perf_counter()
         with nest_openmp(nest):
             self.close()
@@ -289,7 +241,7 @@ class NestBackend:
         self.build_time = time.perf_counter() - start
 
     def _build(self, sim: ModuleType, nest: ModuleType, net: Network,
-               plans: dict[str, CellPlan]) -> _Kernel:
+               plans: dict[str, CellPlan]) -> Kernel:
         max_delay = max([1, *(q.delay for q in net.projections)])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # str parameters, deprecated verbosity API
@@ -306,7 +258,7 @@ class NestBackend:
                 ids = np.asarray(nodes.tolist(), dtype=np.int64)
                 if (np.diff(ids) <= 0).any():
                     raise BackendError(f"population {p.name!r}: NEST ids are not ascending")
-                pops.append(_Population(p.name, p.shape, plan.leak, ids, nodes))
+                pops.append(NestPopulation(p.name, p.shape, plan.leak, ids, nodes))
         inputs = None
         if net.input.kind == "spikes":
             inputs = nest.Create("spike_generator", math.prod(net.input.shape))
@@ -326,7 +278,7 @@ class NestBackend:
         order = np.argsort(all_ids)
         sim.run(1.0)  # PyNN's first run adds min_delay to the time; absorb that here
         _find_clock_synapses(nest, pops, clock)
-        return _Kernel(sim, nest, net, pops, control, clock_generator, inputs, recorder,
+        return Kernel(sim, nest, net, pops, control, clock_generator, inputs, recorder,
                        max_delay, all_ids[order], owner[order], local[order])
 
     def update(self, net: Network) -> bool:
@@ -341,7 +293,7 @@ class NestBackend:
         analog input and the readout follow ``net``; the next run gives the same spikes as a
         fresh build of ``net``. Otherwise, and always unless the backend was made with
         ``in_place=True``, ``net`` is built (see :meth:`build`): on NEST 3.10 a rebuild is
-        faster (F400: 0.065 s against 0.16 s; see :mod:`fsnn.backends.nest_update`).
+        faster (F400: 0.065 s against 0.16 s; see :mod:`fsnn.backends.nest.update`).
         """
         k = self._kernel
         if k is None or not k.updatable or not self.in_place:
@@ -397,7 +349,7 @@ class NestBackend:
             trains.append(per_pop)
         return {p.name: torch.cat([t[p.name] for t in trains], dim=1) for p in k.populations}
 
-    def _simulate(self, x: torch.Tensor) -> tuple[_Kernel, torch.Tensor, list[tuple[int, _Spikes]]]:
+    def _simulate(self, x: torch.Tensor) -> tuple[Kernel, torch.Tensor, list[tuple[int, _Spikes]]]:
         """Check ``x``, run it in chunks; the kernel, ``x`` as run and each chunk's spikes."""
         k = self._kernel
         if k is None:
@@ -445,7 +397,7 @@ class NestBackend:
 # build helpers
 
 
-def _connect_projections(nest: ModuleType, net: Network, pops: dict[str, _Population],
+def _connect_projections(nest: ModuleType, net: Network, pops: dict[str, NestPopulation],
                          input_ids: np.ndarray | None) -> int:
     """Every spike-carrying projection as static synapses; returns the synapse count."""
     total = 0
@@ -464,7 +416,7 @@ def _connect_projections(nest: ModuleType, net: Network, pops: dict[str, _Popula
 
 
 def _connect_control(nest: ModuleType, net: Network, plans: dict[str, CellPlan],
-                     pops: list[_Population], control: Any, clock: Any) -> None:
+                     pops: list[NestPopulation], control: Any, clock: Any) -> None:
     """Clamp, restore and v_init synapses for every neuron; clock synapses where needed."""
     clamp, restore, init = np.asarray(control.tolist(), dtype=np.int64)
     clock_id = int(clock.tolist()[0])
@@ -487,7 +439,7 @@ def _connect_control(nest: ModuleType, net: Network, plans: dict[str, CellPlan],
             connect(clock_id, p.ids, 0.0)
 
 
-def _find_clock_synapses(nest: ModuleType, pops: list[_Population], clock: Any) -> None:
+def _find_clock_synapses(nest: ModuleType, pops: list[NestPopulation], clock: Any) -> None:
     """Handles on each population's clock synapses, in NEST's order.
 
     Taken after the first run: NEST sorts synapses by source when it prepares a simulation,
@@ -511,7 +463,7 @@ def _per_neuron(current: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
     return current.expand(lead, *shape).reshape(lead, -1).numpy()
 
 
-def _set_clock(p: _Population, values: np.ndarray) -> None:
+def _set_clock(p: NestPopulation, values: np.ndarray) -> None:
     assert p.clock is not None and p.clock_order is not None
     p.clock.set(weight=values[p.clock_order])
 
@@ -526,7 +478,7 @@ class _Spikes:
     index: np.ndarray  # int64, flat neuron index within its population
 
 
-def _run_chunk(k: _Kernel, const: dict[str, np.ndarray], x: torch.Tensor | None, batch: int
+def _run_chunk(k: Kernel, const: dict[str, np.ndarray], x: torch.Tensor | None, batch: int
                ) -> _Spikes:
     """Set the generators for ``batch`` samples, run them, read their spikes."""
     tl = Timeline.plan(float(k.nest.biological_time), batch, k.net.T, k.max_delay)
@@ -555,7 +507,7 @@ def _run_chunk(k: _Kernel, const: dict[str, np.ndarray], x: torch.Tensor | None,
     return _read_spikes(k, tl)
 
 
-def _read_spikes(k: _Kernel, tl: Timeline) -> _Spikes:
+def _read_spikes(k: Kernel, tl: Timeline) -> _Spikes:
     """Every spike in the recorder as (sample, step, population, neuron); then clears it."""
     ev = k.recorder.get("events")
     k.recorder.n_events = 0
@@ -570,7 +522,7 @@ def _read_spikes(k: _Kernel, tl: Timeline) -> _Spikes:
     return _Spikes(sample, step, k.gid_pop[pos], k.gid_index[pos])
 
 
-def _collect(k: _Kernel, spikes: _Spikes, batch: int
+def _collect(k: Kernel, spikes: _Spikes, batch: int
              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Counts and leak-weighted rates per population of one chunk's spikes."""
     counts: dict[str, torch.Tensor] = {}

@@ -16,7 +16,7 @@ leak ``lam``           ``tau_m`` with ``exp(-1/tau_m) == lam`` bit for bit; IF: 
 A leak that no double ``tau_m`` reaches exactly (about 1 in 5 doubles below 0.5; every value
 tested in [0.5, 1) is reachable) is refused with the nearest exact leak in the message, rather
 than run with a silent mismatch. ``V_min = -2**64`` is the floor the between-sample clamp of
-:mod:`fsnn.backends.nest_backend` relies on; the reference has no floor.
+:mod:`fsnn.backends.nest.backend` relies on; the reference has no floor.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """A self-test of the NEST semantics the NEST backend relies on, run through the backend itself.
 
 The backend maps the spec's discrete-time neurons onto NEST's native models
-(:mod:`fsnn.backends.nest_cells`) and its timing onto NEST's delays, clock neuron and control
-pulses (:mod:`fsnn.backends.nest_backend`). Whether NEST's models update in the order the
+(:mod:`fsnn.backends.nest.cells`) and its timing onto NEST's delays, clock neuron and control
+pulses (:mod:`fsnn.backends.nest.backend`). Whether NEST's models update in the order the
 mapping assumes is a property of the installed NEST, not of fsnn: ``eprop_iaf``'s update order
 has differed between public NEST versions (a variant that subtracts the threshold one step later
 matched 0 of 200 samples of a trained LIF net). So a version number proves nothing; this module
-runs two tiny specs, built in code, through :class:`~fsnn.backends.nest_backend.NestBackend`
+runs two tiny specs, built in code, through :class:`~fsnn.backends.nest.backend.NestBackend`
 (the same build and run code as real networks) and compares every neuron's spike steps with the
 torch engine's in deployment timing (the spec's semantics):
 
@@ -36,12 +36,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 import torch
 
 from fsnn.backends.base import BackendError
-from fsnn.backends.nest_backend import INSTALL, NestBackend, load_simulator
-from fsnn.backends.nest_cells import NEST_MODELS
+from fsnn.backends.nest.cells import NEST_MODELS
+from fsnn.backends.nest.simulator import INSTALL, load_simulator
 from fsnn.platform.engine import simulate
 from fsnn.platform.spec import (
     INPUT,
@@ -210,8 +211,11 @@ _RUNNING: list[bool] = []  # non-empty while the self-test builds (its builds sk
 _OUTCOME: list[SelfTest | BackendError] = []  # this process's self-test: a pass or the error
 
 
-def run_selftest(reference: Reference = engine_trains) -> SelfTest:
-    """Run every case on NEST and compare with ``reference`` (default: the spec's semantics).
+def run_selftest(backend_class: Callable[..., Any], reference: Reference = engine_trains
+                 ) -> SelfTest:
+    """Run every case on NEST through ``backend_class`` (the NEST backend, which passes itself:
+    this module does not import it) and compare with ``reference`` (default: the spec's
+    semantics).
 
     Raises BackendError naming the NEST version, each disagreeing model with the expected and
     the produced spike steps, and the fix. Replaces this process's NEST network (as every
@@ -220,7 +224,7 @@ def run_selftest(reference: Reference = engine_trains) -> SelfTest:
     _, nest = load_simulator()
     version = nest_version(nest)
     start = time.perf_counter()
-    backend = NestBackend(threads=1)
+    backend = backend_class(threads=1)
     _RUNNING.append(True)
     lines, spikes = [], 0
     try:
@@ -239,13 +243,14 @@ def run_selftest(reference: Reference = engine_trains) -> SelfTest:
         backend.close()
     if lines:
         raise BackendError(f"NEST {version} does not reproduce the spike semantics fsnn's NEST "
-                           f"backend relies on (its self-test, fsnn.backends.nest_selftest):\n"
+                           f"backend relies on (its self-test, fsnn.backends.nest.selftest):\n"
                            + "\n".join(f"  - {line}" for line in lines) + f"\nFix: {FIX}.")
     return SelfTest(version, time.perf_counter() - start, spikes)
 
 
-def ensure_selftest() -> SelfTest | None:
-    """Run the self-test once per process; raise its error again on every later call.
+def ensure_selftest(backend_class: Callable[..., Any]) -> SelfTest | None:
+    """Run the self-test once per process (through ``backend_class``, the NEST backend); raise
+    its error again on every later call.
 
     Returns the pass (None while the self-test itself is building).
     """
@@ -254,7 +259,7 @@ def ensure_selftest() -> SelfTest | None:
     load_simulator()  # a missing NEST is not an outcome to keep (it says how to install it)
     if not _OUTCOME:
         try:
-            _OUTCOME.append(run_selftest())
+            _OUTCOME.append(run_selftest(backend_class))
         except BackendError as exc:
             _OUTCOME.append(exc)
     outcome = _OUTCOME[0]

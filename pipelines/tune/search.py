@@ -9,23 +9,20 @@ without re-running the trials that finished.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fsnn.platform.config import (
     Config,
-    ConfigError,
     ParamSpace,
     SearchConfig,
     config_doc,
-    load_config,
 )
+from fsnn.platform.errors import FsnnError
 
 TUNE_HELP = """\
 The config's `search:` section (see configs/tune-demo.yaml):
@@ -53,7 +50,7 @@ are kept, unfinished ones continue from their last epoch's checkpoint, and the r
 samples are drawn. Without --resume an existing search of that name is an error."""
 
 
-class TuneSetupError(RuntimeError):
+class TuneSetupError(FsnnError, RuntimeError):
     """The search cannot start as configured; the message names the field."""
 
 
@@ -68,30 +65,24 @@ class TuneOptions:
 
 
 @dataclass
-class TuneOutcome:
-    parent_run_id: str
+class TuneResult:
+    """A search's outcome: ``rows`` are its trials (`TrialRow`:
+    trial_id, run_id, params, metrics, epochs, error) ranked by ``metric`` (``mode`` max/min)."""
+
+    parent_run_id: str  # the search's MLflow run (the trials' runs are nested under it)
     tracking_uri: str
-    experiment_path: str
+    experiment_path: str  # Ray Tune's experiment folder (STORAGE/NAME)
     rows: list[Any]
-    expected: int
-    interrupted: bool
+    expected: int  # trials the search was to run
+    interrupted: bool  # stopped before every trial ended (continue with resume=True)
+    metric: str = "test_accuracy"
+    mode: str = "max"
+    space: list[str] = field(default_factory=list)  # the searched config paths
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = "Ray Tune search over a config's `search:` section, tracked in MLflow."
-    p.epilog = TUNE_HELP
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("config", help="YAML config with a `search:` section (configs/tune-demo.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set search.num_samples=16 (repeatable)")
-    from fsnn.pipelines.cli import add_cluster_arguments
-
-    add_cluster_arguments(p, storage="where the search's state and checkpoints go: a shared "
-                                     "path or URI (default: $FSNN_STORAGE or ./runs)")
-    p.add_argument("--name", default=None,
-                   help="experiment name under --storage (default: tune-<config name>)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted search STORAGE/NAME (same config)")
+    @property
+    def best(self) -> Any | None:
+        """The best trial that reported the metric (None if none did)."""
+        return next((r for r in self.rows if r.metrics.get(self.metric) is not None), None)
 
 
 def _config_sha(cfg: Config) -> str:
@@ -100,7 +91,7 @@ def _config_sha(cfg: Config) -> str:
 
 
 def check_metric(cfg: Config) -> None:
-    from fsnn.pipelines.training import reported_metrics
+    from fsnn.pipelines.train.recipe import reported_metrics
 
     assert cfg.search is not None
     known = reported_metrics(cfg)
@@ -256,7 +247,7 @@ def _prepare(cfg: Config, opts: TuneOptions) -> tuple[str, str, str]:
     return uri, storage, path
 
 
-def run_tune(cfg: Config, opts: TuneOptions) -> TuneOutcome:
+def run_tune(cfg: Config, opts: TuneOptions) -> TuneResult:
     if cfg.search is None:
         raise TuneSetupError("search: the config has no `search:` section (the space to "
                              "search); see configs/tune-demo.yaml")
@@ -299,8 +290,9 @@ def _fit(cfg: Config, opts: TuneOptions, uri: str, storage: str, path: str,
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from ray import tune
 
-    from fsnn.pipelines.tune_report import trial_dirname
-    from fsnn.pipelines.tune_trial import TrialRuns, run_trial
+    from fsnn.pipelines.console import verbose
+    from fsnn.pipelines.tune.report import trial_dirname
+    from fsnn.pipelines.tune.trial import TrialLines, TrialRuns, run_trial
 
     search = cfg.search
     assert search is not None
@@ -322,17 +314,19 @@ def _fit(cfg: Config, opts: TuneOptions, uri: str, storage: str, path: str,
                 max_concurrent_trials=search.max_concurrent, reuse_actors=True,
                 trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
-                name=path.rsplit("/", 1)[1], storage_path=storage, verbose=1,
-                callbacks=[TrialRuns(uri, parent, cfg.train.epochs)],
+                name=path.rsplit("/", 1)[1], storage_path=storage,
+                verbose=1 if verbose() else 0,  # Tune's status tables only with -v
+                callbacks=[TrialRuns(uri, parent, cfg.train.epochs),
+                           TrialLines(search.metric, cfg.train.epochs, expected_trials(search))],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures)))
     return tuner.fit()
 
 
-def _finish(cfg: Config, uri: str, path: str, parent: str, results: Any) -> TuneOutcome:
+def _finish(cfg: Config, uri: str, path: str, parent: str, results: Any) -> TuneResult:
     from fsnn.pipelines.tracking import client
-    from fsnn.pipelines.tune_report import collect, log_search, rank
-    from fsnn.pipelines.tune_trial import trial_runs
+    from fsnn.pipelines.tune.report import collect, log_search, rank
+    from fsnn.pipelines.tune.trial import trial_runs
 
     assert cfg.search is not None
     c = client(uri)
@@ -353,49 +347,5 @@ def _finish(cfg: Config, uri: str, path: str, parent: str, results: Any) -> Tune
     status = "KILLED" if interrupted else ("FAILED" if results.num_terminated == 0
                                            else "FINISHED")
     c.set_terminated(parent, status)
-    return TuneOutcome(parent, uri, path, rows, expected, interrupted)
-
-
-def cmd_tune(args: argparse.Namespace) -> int:
-    from fsnn.pipelines.cli import CLIError
-    from fsnn.pipelines.raycluster import RayConnectError
-    from fsnn.pipelines.storage import StorageError
-    from fsnn.pipelines.tracking import TrackingError
-    from fsnn.pipelines.tune_report import print_table
-    from fsnn.platform.data import DataError
-
-    try:
-        cfg = load_config(args.config, list(args.set))
-        opts = TuneOptions(address=args.address, tracking_uri=args.tracking_uri,
-                           storage=args.storage, name=args.name, resume=args.resume,
-                           config_path=args.config)
-        out = run_tune(cfg, opts)
-    except (ConfigError, TuneSetupError, RayConnectError, TrackingError, DataError,
-            StorageError) as exc:
-        raise CLIError(str(exc)) from None
-    assert cfg.search is not None
-    metric = cfg.search.metric
-    print_table(out.rows, metric, list(cfg.search.space),
-                f"{len(out.rows)} trials, ranked by {metric} ({cfg.search.mode})")
-    best = next((r for r in out.rows if r.metrics.get(metric) is not None), None)
-    if best is not None:
-        print(f"[fsnn] best trial {best.trial_id}: {metric} "
-              f"{float(best.metrics[metric]):.4f} (MLflow run {best.run_id}) with "
-              f"{json.dumps(best.params, sort_keys=True)}")
-    print(f"[fsnn] search run {out.parent_run_id}: best_config.yaml, spec/, plots/tune.png   "
-          f"MLflow UI: mlflow ui --backend-store-uri {out.tracking_uri}")
-    failed = [r for r in out.rows if r.error is not None]
-    if failed:
-        print(f"[fsnn] {len(failed)} trial(s) failed: "
-              + ", ".join(f"{r.trial_id} ({r.error})" for r in failed)
-              + f"; their tracebacks: {out.experiment_path}/trial_*/error.txt", flush=True)
-    if out.interrupted:
-        done = sum(1 for r in out.rows if r.error is None and r.epochs > 0)
-        print(f"[fsnn] interrupted with {done} of {out.expected} trials reported; continue "
-              f"with `fsnn tune {args.config} --resume`"
-              + (f" --name {args.name}" if args.name else ""), flush=True)
-        return 130
-    if best is None or math.isnan(float(best.metrics[metric])):
-        print("[fsnn] no trial finished an epoch", flush=True)
-        return 1
-    return 0
+    return TuneResult(parent, uri, path, rows, expected, interrupted, cfg.search.metric,
+                      cfg.search.mode, list(cfg.search.space))

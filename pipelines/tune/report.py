@@ -17,6 +17,10 @@ TRIAL_DIR_PREFIX = "trial_"
 
 @dataclass
 class TrialRow:
+    """One trial of a search: its sampled ``params`` (config paths), the ``metrics`` of the
+    last epoch it reported, its MLflow ``run_id`` (nested under the search's run), and
+    ``error`` if it failed."""
+
     trial_id: str
     params: dict[str, Any]
     metrics: dict[str, Any]  # the last epoch the trial reported
@@ -41,7 +45,7 @@ def trial_dirname(trial: Any) -> str:
 
 def collect(results: Any, runs: list[Any]) -> list[TrialRow]:
     """One row per trial of a Tune ResultGrid, joined with its nested MLflow run."""
-    from fsnn.pipelines.tune_trial import TRIAL_TAG
+    from fsnn.pipelines.tune.trial import TRIAL_TAG
 
     by_trial = {r.data.tags.get(TRIAL_TAG): r.info.run_id for r in runs}
     rows = []

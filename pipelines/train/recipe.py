@@ -106,7 +106,9 @@ def epoch_metrics(tr: EpochStats, te: EpochStats, lr: float, world: int = 1,
 
 def log_final_artifacts(c: Any, run_id: str, model: FeedbackSNN, dataset: str,
                         history: list[dict[str, float]], sample: torch.Tensor) -> None:
-    """The run's spec (spec/), training curves and rate convergence (plots/)."""
+    """The run's spec (spec/), the same spec as the MLflow Model ``model`` (pyfunc + fsnn
+    flavors; :mod:`fsnn.pipelines.mlflow_model`), training curves and rate convergence
+    (plots/)."""
     from fsnn.pipelines.plots import plot_curves, plot_rate_convergence
 
     model = model.cpu().eval()
@@ -115,6 +117,9 @@ def log_final_artifacts(c: Any, run_id: str, model: FeedbackSNN, dataset: str,
         net = model.to_network(metadata={"mlflow_run_id": run_id, "dataset": dataset})
         save_spec(net, spec_dir)
         c.log_artifacts(run_id, str(spec_dir), "spec")
+        from fsnn.pipelines.mlflow_model import log_spec_model
+
+        log_spec_model(c, run_id, spec_dir, net, sample)  # the MLflow Model `model` (~3 s)
         plots = Path(d) / "plots"
         plots.mkdir()
         plot_curves(history, plots / "curves.png")

@@ -17,7 +17,7 @@ import torch
 from ray import tune
 
 from fsnn.pipelines.tracking import client, create_run, log_epoch, set_tags
-from fsnn.pipelines.training import build_training, epoch_metrics
+from fsnn.pipelines.train.recipe import build_training, epoch_metrics
 from fsnn.platform.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from fsnn.platform.config import Config, config_doc, config_from_dict, trial_config
 from fsnn.platform.trainer import evaluate, pick_device, train_epoch
@@ -101,6 +101,34 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: st
                                           setup.scheduler.state_dict(), run_id, doc, history), d)
             tune.report({**metrics, "epoch": epoch + 1},
                         checkpoint=tune.Checkpoint.from_directory(d))
+
+
+class TrialLines(tune.Callback):
+    """fsnn's progress during a search, one line per trial epoch and per ended trial (Ray
+    Tune's own status tables only with -v)."""
+
+    def __init__(self, metric: str, epochs: int, expected: int) -> None:
+        self.metric, self.epochs, self.expected = metric, epochs, expected
+        self.ended = 0
+
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
+                        result: dict[str, Any], **info: Any) -> None:
+        value = result.get(self.metric)
+        shown = f"{float(value):.4f}" if isinstance(value, int | float) else "-"
+        print(f"[fsnn] trial {trial.trial_id} epoch {int(result.get('epoch', 0))}/"
+              f"{self.epochs}: {self.metric} {shown}", flush=True)
+
+    def _ended(self, trial: Any, how: str) -> None:
+        self.ended += 1
+        print(f"[fsnn] trial {trial.trial_id} {how} ({self.ended} of {self.expected} ended)",
+              flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
+                          **info: Any) -> None:
+        self._ended(trial, "finished")
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._ended(trial, "failed")
 
 
 class TrialRuns(tune.Callback):

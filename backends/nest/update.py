@@ -10,34 +10,17 @@ default and updates in place only when asked (``in_place=True``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from fsnn.backends.base import BackendError
-from fsnn.backends.nest_connect import expand
+from fsnn.backends.connections import expand
+from fsnn.backends.nest.kernel import Kernel, SynapseGroup
 from fsnn.platform.spec import INPUT, Network
 
-if TYPE_CHECKING:
-    from fsnn.backends.nest_backend import _Kernel
-
 CHUNK_SYNAPSES = 1_000_000  # synapse weights set at once (PyNEST makes a dict per synapse)
-
-
-@dataclass
-class SynapseGroup:
-    """The synapses of the spike-carrying projections from one source to one target.
-
-    Projections sharing source and target are told apart by their delay. ``index`` is, for each
-    synapse of ``handle`` (NEST's order), the index of its weight in the concatenation of the
-    projections' flattened weights (in ``projections`` order).
-    """
-
-    projections: list[int]  # positions in the spec's projection list
-    handle: Any  # SynapseCollection
-    index: np.ndarray  # int64 [len(handle)]
 
 
 def spiking_projections(net: Network) -> list[int]:
@@ -68,7 +51,7 @@ def same_synapses(old: Network, new: Network) -> bool:
                for i in spiking_projections(old))
 
 
-def find_projection_synapses(k: _Kernel) -> list[SynapseGroup] | None:
+def find_projection_synapses(k: Kernel) -> list[SynapseGroup] | None:
     """Handles on every spike-carrying projection's synapses, with the weight index of each.
 
     Synapses are matched to projections by (source, target, delay), then to weights by their

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from fsnn.backends.base import BackendError, get_backend
-from fsnn.pipelines.forward_pool import ForwardPool, ForwardWorkerLost, attach
+from fsnn.pipelines.hil.pool import ForwardPool, ForwardWorkerLost, attach
 from fsnn.platform.config import Config
 from fsnn.platform.model import FeedbackSNN
 from fsnn.platform.spec import Network
