@@ -158,13 +158,15 @@ def train(config: ConfigSource | None = None, overrides: Sequence[str] = (), *,
 
 def tune(config: ConfigSource, overrides: Sequence[str] = (), *, name: str | None = None,
          resume: bool = False, address: str | None = None, tracking_uri: str | None = None,
-         storage: str | None = None) -> TuneResult:
+         storage: str | None = None, register: str | None = None) -> TuneResult:
     """Run a Ray Tune search over the config's ``search:`` section (every trial an MLflow run
     nested under the search's run); returns the trials ranked by the search's metric.
 
     ``name``: the experiment's name under ``storage`` (default ``tune-<config name>``);
     ``resume``: continue that interrupted search (finished trials are kept). The search's run
-    gets the best trial's config, spec and a plot of the metric over T and V_th.
+    gets the best trial's config, spec (also as the MLflow Model ``model``) and a plot of the
+    metric over T and V_th. ``register``: register that model as a new version of this
+    registered model (checked before the search starts).
     """
     cfg, path = _config(config, overrides)
     _quiet_unless_asked()
@@ -172,7 +174,7 @@ def tune(config: ConfigSource, overrides: Sequence[str] = (), *, name: str | Non
 
     return run_tune(cfg, TuneOptions(address=address, tracking_uri=tracking_uri,
                                      storage=storage, name=name, resume=resume,
-                                     config_path=path))
+                                     config_path=path, register=register))
 
 
 def deploy(source: str | Path | Network, backend: str = "torch", *, samples: int = 500,

@@ -57,6 +57,9 @@ def _add_tune_arguments(p: argparse.ArgumentParser) -> None:
                    help="experiment name under --storage (default: tune-<config name>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted search STORAGE/NAME (same config)")
+    p.add_argument("--register", default=None, metavar="NAME",
+                   help="register the best trial's model as a new version of model NAME in "
+                        "the MLflow model registry (checked before the search)")
 
 
 def build_parser() -> argparse.ArgumentParser:

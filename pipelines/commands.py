@@ -94,7 +94,8 @@ def tune(args: argparse.Namespace) -> int:
     from fsnn.pipelines.tune.report import print_table
 
     out = jobs.tune(args.config, args.set, name=args.name, resume=args.resume,
-                    address=args.address, tracking_uri=args.tracking_uri, storage=args.storage)
+                    address=args.address, tracking_uri=args.tracking_uri, storage=args.storage,
+                    register=args.register)
     metric = out.metric
     print_table(out.rows, metric, out.space,
                 f"{len(out.rows)} trials, ranked by {metric} ({out.mode})")

@@ -59,7 +59,8 @@ def _steps(c, run_id: str, key: str) -> list[int]:
 
 def test_search_logs_parent_and_nested_runs_and_the_best(tmp_path: Path, tracking: str) -> None:
     out = _tune(tmp_path, tracking, "--set", "name=search4", "--set", "train.epochs=2",
-                "--set", "search.num_samples=4", "--set", "search.seed=1")
+                "--set", "search.num_samples=4", "--set", "search.seed=1",
+                "--register", "search4-best")
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     c, parent, nested = _search(tracking, "search4")
     assert parent.data.tags["fsnn.kind"] == "tune"
@@ -94,6 +95,29 @@ def test_search_logs_parent_and_nested_runs_and_the_best(tmp_path: Path, trackin
     assert "search" not in best_cfg or best_cfg["search"] is None
     net = load_spec(c.download_artifacts(parent.info.run_id, "spec", str(dl)))
     assert best_cfg["T"] == net.T and net.metadata["mlflow_run_id"] == best_run
+    # the best trial's spec is also the search run's MLflow Model, registered as version 1
+    assert "registered models:/search4-best/1" in out.stdout
+    (version,) = c.search_model_versions("name='search4-best'")
+    assert version.run_id == parent.info.run_id
+    assert version.tags["T"] == str(net.T) and version.tags["dataset"] == "fashion-mnist"
+    assert float(version.tags["test_accuracy"]) == pytest.approx(finals[best_run], abs=1e-6)
+    import mlflow.pyfunc
+    import numpy as np
+    import torch
+
+    from fsnn.backends.base import get_backend
+
+    x = torch.rand(3, *net.input.shape, dtype=torch.float64)
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking)
+    try:
+        probs = mlflow.pyfunc.load_model("models:/search4-best/1").predict(x.numpy())
+    finally:
+        mlflow.set_tracking_uri(before)
+    backend = get_backend("torch")
+    backend.build(net)
+    want = torch.softmax(backend.run(x).logits, 1).numpy()
+    assert np.array_equal(probs, want)
 
 
 def test_interrupted_search_resumes_without_rerunning_finished_trials(
@@ -167,6 +191,7 @@ def test_bad_search_inputs_fail_before_any_trial(tmp_path: Path, tracking: str,
         (["--set", "search.metric=test_acc"], ["search.metric", "test_acc", "test_accuracy"]),
         (["--set", "search.num_samples=0"], ["search.num_samples"]),
         (["--resume"], ["--resume", "no search to continue"]),
+        (["--register", "bad name!"], ["register", "not a valid model name"]),
         (["--set", "forward=nest", "--set", "dropout=0"], ["forward: nest", "--init"]),
     ]
     for extra, needles in cases:  # in this process: each is refused before Ray starts

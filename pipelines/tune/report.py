@@ -112,6 +112,18 @@ def _best_spec(base: Config, best: TrialRow, parent_run_id: str, out: str) -> No
     save_spec(net, out)
 
 
+def _best_model(c: Any, base: Config, best: TrialRow, parent_run_id: str, spec: Path) -> None:
+    """The best trial's spec as the search run's MLflow Model ``model`` (registrable)."""
+    from fsnn.pipelines.mlflow_model import log_spec_model
+    from fsnn.platform.data import load_dataset
+    from fsnn.platform.spec import load_spec
+
+    cfg = trial_config(base, best.params)
+    x, _ = load_dataset(cfg.data.name, "test", Path(cfg.data.root) if cfg.data.root else None,
+                        limit=2, progress=False)
+    log_spec_model(c, parent_run_id, spec, load_spec(spec), x)
+
+
 def log_search(c: Any, parent_run_id: str, base: Config, rows: list[TrialRow]) -> None:
     """Best metric and trial, the best config (best_config.yaml) and spec (spec/), the search
     plot (plots/tune.png) and every trial (trials.json) on the search's run."""
@@ -149,3 +161,4 @@ def log_search(c: Any, parent_run_id: str, base: Config, rows: list[TrialRow]) -
             _best_spec(base, best, parent_run_id, str(tmp / "spec"))
             c.log_artifacts(parent_run_id, str(tmp / "spec"), "spec")
             c.set_tag(parent_run_id, "fsnn.spec", "spec")
+            _best_model(c, base, best, parent_run_id, tmp / "spec")

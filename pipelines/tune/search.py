@@ -62,6 +62,7 @@ class TuneOptions:
     name: str | None = None
     resume: bool = False
     config_path: str | None = None
+    register: str | None = None  # register the best trial's MLflow Model under this name
 
 
 @dataclass
@@ -78,6 +79,7 @@ class TuneResult:
     metric: str = "test_accuracy"
     mode: str = "max"
     space: list[str] = field(default_factory=list)  # the searched config paths
+    model_version: str | None = None  # models:/NAME/VERSION of the best trial, if registered
 
     @property
     def best(self) -> Any | None:
@@ -258,6 +260,10 @@ def run_tune(cfg: Config, opts: TuneOptions) -> TuneResult:
                              f": 0, then fine-tune the best trial with the target in the loop "
                              f"(fsnn train --init RUN_ID --forward SIM)")
     uri, storage, path = _prepare(cfg, opts)
+    if opts.register:
+        from fsnn.pipelines.mlflow_model import check_registry
+
+        check_registry(uri, opts.register)
     if cfg.data.root:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(
             update={"root": str(Path(cfg.data.root).resolve())})})
@@ -280,7 +286,17 @@ def run_tune(cfg: Config, opts: TuneOptions) -> TuneResult:
     with closing_run(client(uri), parent, what=f"search run {parent}",
                      kept=lambda: f"continue with `fsnn tune CONFIG --resume` ({path})"):
         results = _fit(cfg, opts, uri, storage, path, parent)
-        return _finish(cfg, uri, path, parent, results)
+        out = _finish(cfg, uri, path, parent, results)
+    best = out.best
+    if opts.register and best is not None and not out.interrupted:
+        from fsnn.pipelines.mlflow_model import register, version_tags
+        from fsnn.platform.config import trial_config
+
+        number = register(uri, parent, opts.register,
+                          version_tags(trial_config(cfg, best.params), best.metrics))
+        out.model_version = f"models:/{opts.register}/{number}"
+        print(f"[fsnn] registered {out.model_version} (the best trial's model)", flush=True)
+    return out
 
 
 def _fit(cfg: Config, opts: TuneOptions, uri: str, storage: str, path: str,
