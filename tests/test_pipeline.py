@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from servers import RAY_TEST_ENV
 
 FSNN = [sys.executable, "-m", "fsnn.pipelines.cli"]
@@ -51,7 +52,7 @@ def test_verbose_lets_ray_speak(tmp_path: Path, tracking: str) -> None:
 def test_pipeline_links_runs_and_table_matches_metrics(tmp_path: Path, tracking: str) -> None:
     from mlflow.tracking import MlflowClient
 
-    out = _pipeline(tmp_path, tracking)
+    out = _pipeline(tmp_path, tracking, "--register", "tinypipe-model")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "agree spikes" in out.stdout and "mlflow ui --backend-store-uri" in out.stdout
     assert_quiet_console(out.stdout + out.stderr)
@@ -75,6 +76,16 @@ def test_pipeline_links_runs_and_table_matches_metrics(tmp_path: Path, tracking:
     nest = rows[1]
     assert nest["agreement_predictions"] >= 29 / 30 and nest["agreement_counts"] >= 0.9
     assert f"{nest['accuracy']:.4f}" in out.stdout
+    # --register: the training run's model is version 1; the deploys ran from that version
+    # and left their results on it
+    (version,) = c.search_model_versions("name='tinypipe-model'")
+    assert version.run_id == train_id and version.version == "1"
+    for row in rows:
+        run = c.get_run(pipe.data.tags[f"fsnn.deploy_run.{row['backend']}"])
+        assert run.data.tags["fsnn.model_version"] == "1"
+    assert float(version.tags["nest.accuracy"]) == pytest.approx(nest["accuracy"], abs=1e-6)
+    assert float(version.tags["nest.agreement_predictions"]) == pytest.approx(
+        nest["agreement_predictions"], abs=1e-6)
     # a second run of the same config reuses the finished training and deploys
     again = _pipeline(tmp_path, tracking)
     assert again.returncode == 0, again.stderr[-3000:]
