@@ -105,16 +105,18 @@ def resolve(source: str, tracking_uri: str, workdir: Path) -> Source:
             raise DeployError(str(exc)) from None
         net = load_spec(spec)
         return Source(net, run or net.metadata.get("mlflow_run_id"), ref)
-    net, run = resolve_source(source, tracking_uri, workdir)
+    net, run = _spec_or_run(source, tracking_uri, workdir)
     return Source(net, run)
 
 
 def resolve_source(source: str, tracking_uri: str, workdir: Path) -> tuple[Network, str | None]:
-    """A spec directory, an MLflow run id whose ``spec`` artifact is fetched, or an MLflow
-    Model URI (see :func:`resolve`)."""
-    if source.startswith(("models:/", "runs:/")):
-        found = resolve(source, tracking_uri, workdir)
-        return found.net, found.train_run
+    """The spec of ``source`` (see `resolve`) and its training run."""
+    found = resolve(source, tracking_uri, workdir)
+    return found.net, found.train_run
+
+
+def _spec_or_run(source: str, tracking_uri: str, workdir: Path) -> tuple[Network, str | None]:
+    """A spec directory, or an MLflow run id whose ``spec`` artifact is fetched."""
     path = Path(source)
     if path.exists():
         net = load_spec(path)

@@ -21,3 +21,12 @@ def tracking(tmp_path_factory: pytest.TempPathFactory):
 
     with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
         yield uri
+
+
+@pytest.fixture(scope="session")
+def docs_site(tmp_path_factory: pytest.TempPathFactory):
+    """The documentation site, built once (tests/docsite.py); the folder holding docs/ and
+    site/."""
+    from docsite import build_site
+
+    return build_site(tmp_path_factory.mktemp("docs"))

@@ -25,6 +25,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_answering(url: str, proc: subprocess.Popen, log: Path, timeout: float,
+                   what: str) -> None:
+    """Wait until ``url`` answers 200 (the server ``proc`` started); fail with its log if it
+    exits or does not answer within ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            raise AssertionError(f"{what} did not start: " + log.read_text()[-3000:])
+        time.sleep(0.5)
+
+
 @contextmanager
 def mlflow_server(root: Path) -> Iterator[str]:
     port = free_port()
@@ -37,18 +54,7 @@ def mlflow_server(root: Path) -> Iterator[str]:
         stdout=log, stderr=subprocess.STDOUT, cwd=root)
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("mlflow server did not start: "
-                                   + (root / "server.log").read_text()[-2000:])
-            time.sleep(0.5)
+        wait_answering(uri + "/health", proc, root / "server.log", 90, "mlflow server")
         yield uri
     finally:
         proc.terminate()

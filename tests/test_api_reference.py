@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import html
 import inspect
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,45 +21,15 @@ import fsnn.backends
 import fsnn.jobs
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
 # names of fsnn rendered under another path (the module that defines them)
 SPEC = ("Network", "load_spec", "save_spec")
 MODULES = ("backends", "zoo")
 
 
-def link_tree(root: Path) -> Path:
-    """``root/build/pkgtree/fsnn`` as `make docs` lays it out: api/ as fsnn/, links to the
-    subpackages, and platform/ as a tree of links with an empty ``__init__.py`` of its own
-    (griffe skips a folder without one inside a package)."""
-    pkg = root / "build" / "pkgtree" / "fsnn"
-    skip = shutil.ignore_patterns("__pycache__")
-    shutil.copytree(ROOT / "api", pkg, copy_function=os.symlink, ignore=skip)
-    for d in ("backends", "pipelines"):
-        (pkg / d).symlink_to(ROOT / d)
-    shutil.copytree(ROOT / "platform", pkg / "platform", copy_function=os.symlink, ignore=skip)
-    (pkg / "platform" / "__init__.py").touch()
-    return pkg
-
-
-def _run(what: str, *args: str | Path, cwd: Path) -> None:
-    out = subprocess.run([str(a) for a in args], cwd=cwd, env=ENV, capture_output=True,
-                         text=True, timeout=180)
-    assert out.returncode == 0, f"{what} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-
-
 @pytest.fixture(scope="module")
-def page(tmp_path_factory: pytest.TempPathFactory) -> str:
+def page(docs_site: Path) -> str:
     """The built API page as HTML."""
-    tmp = tmp_path_factory.mktemp("apidocs")
-    link_tree(tmp)
-    shutil.copytree(ROOT / "docs", tmp / "docs", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "mkdocs.yml", tmp / "mkdocs.yml")
-    for name in ("cli", "config"):
-        _run(f"{name}_reference.py", sys.executable, ROOT / "docs" / "gen" / f"{name}_reference.py",
-             "--out", tmp / "docs" / "reference" / f"{name}.md", cwd=tmp)
-    _run("mkdocs build --strict", sys.executable, "-m", "mkdocs", "build", "--strict",
-         "--config-file", tmp / "mkdocs.yml", "--site-dir", tmp / "site", cwd=tmp)
-    return (tmp / "site" / "reference" / "api" / "index.html").read_text()
+    return (docs_site / "site" / "reference" / "api" / "index.html").read_text()
 
 
 def _text(page: str) -> str:

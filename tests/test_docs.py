@@ -10,49 +10,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 import types
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
 import pytest
 import yaml
+from docsite import GENERATED
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 ROOT = Path(__file__).resolve().parents[1]
-GENERATED = ("reference/cli.md", "reference/config.md")
-ENV = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # Material's end-of-life banner
-
-
-def _run(what: str, *args: str | Path) -> None:
-    out = subprocess.run([str(a) for a in args], cwd=ROOT, env=ENV, capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, f"{what} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def built(docs_site: Path) -> Path:
     """A copy of the docs with freshly generated references, built strictly into site/."""
-    tmp = tmp_path_factory.mktemp("docs")
-    shutil.copytree(ROOT / "docs", tmp / "docs",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    for name in GENERATED:  # whatever an earlier `make docs` left must not count
-        (tmp / "docs" / name).unlink(missing_ok=True)
-    shutil.copy(ROOT / "mkdocs.yml", tmp / "mkdocs.yml")
-    from test_api_reference import link_tree
-
-    link_tree(tmp)  # the package tree the API reference is read from (make pkgtree)
-    for name in GENERATED:
-        script = ROOT / "docs" / "gen" / f"{Path(name).stem}_reference.py"
-        _run(script.name, sys.executable, script, "--out", tmp / "docs" / name)
-    _run("mkdocs build --strict", sys.executable, "-m", "mkdocs", "build", "--strict",
-         "--config-file", tmp / "mkdocs.yml", "--site-dir", tmp / "site")
-    return tmp
+    return docs_site
 
 
 def _nav_pages(nav: Any) -> list[str]:

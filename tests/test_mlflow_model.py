@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from servers import BIN, RAY_TEST_ENV, free_port
+from servers import BIN, RAY_TEST_ENV, free_port, wait_answering
 from trainrun import DEMO, train
 
 import fsnn
@@ -212,18 +212,7 @@ def test_served_model_answers_invocations(registered: dict[str, Any], tracking: 
              "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise AssertionError("mlflow models serve did not start: "
-                                     + (tmp_path / "serve.log").read_text()[-3000:])
-            time.sleep(0.5)
+        wait_answering(url + "/ping", proc, tmp_path / "serve.log", 180, "mlflow models serve")
         ref = fsnn.deploy(f"models:/{name}@champion", "torch", samples=SAMPLES,
                           tracking_uri=tracking, log=False)
         from mlflow.artifacts import download_artifacts
